@@ -1,0 +1,30 @@
+"""The country run: every stage in pipeline order, on one Dask cluster.
+
+It grows as stages land: grid → download for now.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from prefect import flow
+
+from flows.common import load_grid, open_store, select_tiles
+from flows.download import download_flow
+from lcms.cluster import dask_cluster
+from lcms.config import RunConfig, TileSubset
+
+
+@flow(name="lcms-run")
+def run_flow(
+    config: RunConfig, subset: TileSubset = TileSubset(), overwrite: bool = False, show_progress: bool = False
+) -> list[dict]:
+    """Build the grid, then run each stage over the selected tiles and every year of the config."""
+    store = open_store(config)
+    select_tiles(load_grid(config, store), subset)  # fails fast on a bad subset, before the cluster starts
+    with (
+        tempfile.TemporaryDirectory(prefix="lcms-dask-") as work_dir,
+        dask_cluster(config.cluster, work_dir) as cluster,
+    ):
+        address = cluster.scheduler_address
+        return [download_flow(config, subset, overwrite, scheduler_address=address, show_progress=show_progress)]

@@ -1,0 +1,200 @@
+"""The `lcms` command: one sub-command per stage, plus grid, run, status and validate.
+
+Every command takes a YAML run config (see examples/ and README.md) and validates it,
+the AOI and the store before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lcms.prefect_env import configure_prefect_defaults
+
+app = typer.Typer(
+    name="lcms",
+    help="LCMS: land cover maps, crop maps and change polygons from Sentinel-2 time series.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (see examples/).", show_default=False)]
+TilesOpt = Annotated[str | None, typer.Option("--tiles", help="Comma-separated tile ids to run on.")]
+BboxOpt = Annotated[
+    str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy in WGS84: run on the tiles overlapping it.")
+]
+SubsetOpt = Annotated[
+    Path | None, typer.Option("--subset", help="Polygon file (any CRS): run on the tiles overlapping it.")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo tiles that are already done.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from flows.common import TileFailures
+    from lcms.config import ConfigError
+    from lcms.grid import AoiError, TileSelectionError
+    from lcms.store import StoreError
+
+    return (ConfigError, AoiError, TileSelectionError, StoreError, TileFailures)
+
+
+def _load(config_path: Path):
+    from lcms.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise _fail(str(exc), code=2) from None
+
+
+def _subset(tiles: str | None, bbox: str | None, subset: Path | None):
+    from lcms.config import TileSubset
+
+    box = None
+    if bbox is not None:
+        try:
+            box = tuple(float(v) for v in bbox.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise _fail(f"--bbox must be four comma-separated numbers minx,miny,maxx,maxy, got {bbox!r}", code=2)
+    tile_ids = [t.strip() for t in tiles.split(",") if t.strip()] if tiles else None
+    return TileSubset(tile_ids=tile_ids, bbox=box, aoi_path=str(subset.resolve()) if subset else None)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    configure_prefect_defaults()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # Every API call and every Dask worker start is logged at INFO; keep the output readable.
+        for noisy in ("httpx", "distributed", "prefect.server", "uvicorn"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def validate(config: ConfigArg) -> None:
+    """Check a config and its AOI without running anything."""
+    from lcms.grid import load_aoi
+
+    cfg = _load(config)
+    try:
+        aoi = load_aoi(cfg.aoi)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"config {config} is valid: run {cfg.name!r}, years {cfg.years}, AOI bounds {aoi.bounds}")
+
+
+@app.command()
+def grid(
+    config: ConfigArg,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild the store's grid from the config.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", help="Also write the grid to this GeoPackage.")] = None,
+) -> None:
+    """Split the AOI into tiles, store the grid, and print the tile count per UTM zone."""
+    from flows.common import load_grid, open_store
+
+    cfg = _load(config)
+    try:
+        store = open_store(cfg)
+        area_grid = load_grid(cfg, store, rebuild=overwrite)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    if output is not None:
+        area_grid.write_gpkg(output)
+    table = Table(title=f"{len(area_grid)} tiles of {cfg.grid.tile_size_m:g} m in {store.grid_url}")
+    table.add_column("UTM zone")
+    table.add_column("tiles", justify="right")
+    for zone, count in area_grid.counts_per_zone().items():
+        table.add_row(zone, str(count))
+    console.print(table)
+
+
+def _run_flow(flow_name: str, config: Path, tiles, bbox, subset, overwrite: bool) -> None:
+    from flows.common import load_grid, open_store, select_tiles
+
+    cfg = _load(config)
+    selection = _subset(tiles, bbox, subset)
+    try:
+        # Cheap checks first, so that a bad store or subset fails before Prefect and Dask start.
+        select_tiles(load_grid(cfg, open_store(cfg)), selection)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    if flow_name == "run":
+        from flows.run import run_flow as flow_fn
+    else:
+        from flows.download import download_flow as flow_fn
+    try:
+        result = flow_fn(cfg, selection, overwrite, show_progress=True)
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    for summary in result if isinstance(result, list) else [result]:
+        console.print(
+            f"{summary['stage']}: {summary['done']} done, {summary['skipped']} skipped, "
+            f"{summary['failed']} failed of {summary['tiles']} tile-years"
+        )
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    tiles: TilesOpt = None,
+    bbox: BboxOpt = None,
+    subset: SubsetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run the whole chain (grid, download, ...) over the AOI or a subset of it."""
+    _run_flow("run", config, tiles, bbox, subset, overwrite)
+
+
+@app.command()
+def download(
+    config: ConfigArg,
+    tiles: TilesOpt = None,
+    bbox: BboxOpt = None,
+    subset: SubsetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Stage 1: bands and data masks for every tile and year into the store."""
+    _run_flow("download", config, tiles, bbox, subset, overwrite)
+
+
+@app.command()
+def status(config: ConfigArg) -> None:
+    """Show how many tiles of each stage and year are done in the store."""
+    from lcms.store import LAYOUTS, TileStore
+
+    cfg = _load(config)
+    store = TileStore.from_config(cfg.store)
+    try:
+        n_tiles = len(store.read_grid())
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"{store.url}: {n_tiles} tiles in the grid")
+    for column in ("stage", "year", "done"):
+        table.add_column(column)
+    for stage in LAYOUTS:
+        for year in cfg.years:
+            table.add_row(stage, str(year), f"{len(store.done_tiles(stage, year))} / {n_tiles}")
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

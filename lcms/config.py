@@ -1,0 +1,297 @@
+"""Typed configuration: one pydantic model per stage, and the run-level model that holds them.
+
+The same models serve the CLI (YAML files), the Prefect deployments (their parameter
+forms) and the tests. Every model forbids unknown fields, so a typo fails before any
+work starts, with a message that names the field.
+
+Relative paths in a config file are resolved against the folder of that file, so a
+config means the same thing whatever directory it is run from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the offending fields."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_crs(value: str) -> str:
+    try:
+        CRS.from_user_input(value)
+    except CRSError as exc:
+        raise ValueError(f"{value!r} is not a CRS pyproj knows (use e.g. 'EPSG:4326')") from exc
+    return value
+
+
+def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
+    """Make a relative local path absolute against the config file's folder."""
+    if value is None or "://" in value:
+        return value
+    base_dir = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return str(path.resolve()) if base_dir is not None or path.is_absolute() else value
+
+
+# --------------------------------------------------------------------------- run level
+
+
+class AoiConfig(StrictModel):
+    """The area of interest: a vector file (GeoJSON, GeoPackage, Shapefile) or a bounding box."""
+
+    path: str | None = Field(None, description="Vector file with the AOI polygon(s), in any CRS.")
+    layer: str | None = Field(None, description="Layer of a multi-layer file such as a GeoPackage.")
+    assume_crs: str | None = Field(None, description="CRS to assume when the file has none.")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="minx, miny, maxx, maxy in bbox_crs, instead of a file."
+    )
+    bbox_crs: str = Field("EPSG:4326", description="CRS of bbox.")
+
+    _resolve = field_validator("path")(_resolve_path)
+
+    @field_validator("assume_crs", "bbox_crs")
+    @classmethod
+    def _valid_crs(cls, value: str | None) -> str | None:
+        return None if value is None else _check_crs(value)
+
+    @field_validator("bbox")
+    @classmethod
+    def _ordered_bbox(cls, value: tuple[float, float, float, float] | None):
+        if value is not None and not (value[0] < value[2] and value[1] < value[3]):
+            raise ValueError("bbox must be (minx, miny, maxx, maxy) with minx < maxx and miny < maxy")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AoiConfig:
+        if (self.path is None) == (self.bbox is None):
+            raise ValueError("give exactly one of aoi.path (a vector file) or aoi.bbox")
+        return self
+
+
+class GridConfig(StrictModel):
+    """How the AOI is split into tiles: square tiles in the UTM zone of each tile."""
+
+    tile_size_m: float = Field(10_000.0, gt=0, description="Side of a tile's core, in metres.")
+    resolution_m: float = Field(10.0, gt=0, description="Pixel size in metres.")
+    buffer_m: float = Field(
+        100.0, ge=0, description="Overlap added around each tile's core, so that tiles can be processed alone."
+    )
+    origin_m: tuple[float, float] = Field(
+        (0.0, 0.0), description="Easting and northing that tile corners are aligned to, in every zone."
+    )
+
+    @model_validator(mode="after")
+    def _whole_pixels(self) -> GridConfig:
+        for name in ("tile_size_m", "buffer_m"):
+            pixels = getattr(self, name) / self.resolution_m
+            if abs(pixels - round(pixels)) > 1e-9:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be a whole number of {self.resolution_m} m pixels"
+                )
+        return self
+
+    @property
+    def tile_size_px(self) -> int:
+        return round(self.tile_size_m / self.resolution_m)
+
+    @property
+    def buffer_px(self) -> int:
+        return round(self.buffer_m / self.resolution_m)
+
+
+class StoreConfig(StrictModel):
+    """Where tile arrays live: a local folder (the default) or s3://bucket/prefix."""
+
+    url: str = Field("lcms-store", description="Local folder or s3://bucket/prefix.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to fsspec/s3fs, e.g. {endpoint_url: ...}. Credentials come from the environment.",
+    )
+
+    _resolve = field_validator("url")(_resolve_path)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("s3://", "file://", "memory://")):
+            raise ValueError(f"store URL {value!r} must be a local folder or s3://bucket/prefix")
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret_keys = {"key", "secret", "token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+        found = secret_keys & {k.lower() for k in value}
+        if found:
+            raise ValueError(
+                f"credentials {sorted(found)} must not be written in configs; set AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY in the environment or use a Prefect AWS credentials block"
+            )
+        return value
+
+
+class LocalClusterConfig(StrictModel):
+    """A Dask LocalCluster on this machine (the default)."""
+
+    kind: Literal["local"] = "local"
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    processes: bool = Field(
+        False, description="Worker processes instead of threads; threads start in seconds and numpy releases the GIL."
+    )
+    memory_limit: str = Field("auto", description="Per worker, e.g. '4GiB'.")
+
+
+class EC2ClusterConfig(StrictModel):
+    """A Dask cluster on EC2 instances (dask-cloudprovider), for countries that outgrow one machine."""
+
+    kind: Literal["ec2"]
+    region: str = "eu-central-1"
+    instance_type: str = "m6i.xlarge"
+    scheduler_instance_type: str = "m6i.large"
+    n_workers: int = Field(4, ge=0)
+    adaptive_min: int | None = Field(None, ge=0, description="With adaptive_max: scale between these worker counts.")
+    adaptive_max: int | None = Field(None, ge=1)
+    docker_image: str = Field("lcms:latest", description="Image run by the scheduler and workers (docker/Dockerfile).")
+    ami: str | None = Field(None, description="AMI with Docker; dask-cloudprovider picks a recent one when unset.")
+    security_groups: list[str] = Field(default_factory=list)
+    subnet_id: str | None = None
+    iam_instance_profile: str | None = Field(None, description="Instance profile name that grants bucket access.")
+
+    @model_validator(mode="after")
+    def _adaptive_pair(self) -> EC2ClusterConfig:
+        if (self.adaptive_min is None) != (self.adaptive_max is None):
+            raise ValueError("set both adaptive_min and adaptive_max, or neither")
+        if self.adaptive_min is not None and self.adaptive_min > self.adaptive_max:
+            raise ValueError("adaptive_min must not exceed adaptive_max")
+        return self
+
+
+ClusterConfig = Annotated[LocalClusterConfig | EC2ClusterConfig, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class SyntheticSourceConfig(StrictModel):
+    """Realistic synthetic Sentinel-2 L1C tiles (tasks/synthetic.py); needs no credentials."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    first_year: int = Field(2023, description="Year of the base land-cover map; later years get planted changes.")
+    dates_per_year: int = Field(48, ge=1, le=365)
+    cloud_cover: float = Field(0.3, ge=0, le=1)
+    swath_edge_fraction: float = Field(0.15, ge=0, le=1)
+    change_fraction: float = Field(0.03, ge=0, le=0.5)
+    patch_size_m: float = Field(500.0, gt=0)
+
+
+class DownloadConfig(StrictModel):
+    """Stage 1: fill the store with bands and masks for every tile and year.
+
+    `block_size` is a multiple of the store's 256-pixel chunks, so each block writes whole chunks.
+    """
+
+    source: SyntheticSourceConfig = Field(default_factory=SyntheticSourceConfig)
+    block_size: int = Field(
+        256, ge=256, multiple_of=256, description="Tiles are produced and written in square blocks of this many pixels."
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class TileSubset(StrictModel):
+    """Which tiles a stage runs on: all of them by default, or those matching every condition given."""
+
+    tile_ids: list[str] | None = Field(None, description="Tile ids, as in the grid.")
+    bbox: tuple[float, float, float, float] | None = Field(None, description="minx, miny, maxx, maxy in WGS84.")
+    aoi_path: str | None = Field(None, description="A polygon file (any CRS); tiles overlapping it.")
+
+    @property
+    def is_all(self) -> bool:
+        return self.tile_ids is None and self.bbox is None and self.aoi_path is None
+
+
+class RunConfig(StrictModel):
+    """A whole LCMS run: the AOI, years, grid, store, cluster and one section per stage."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    aoi: AoiConfig
+    years: list[int] = Field(..., min_length=1)
+    grid: GridConfig = Field(default_factory=GridConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    cluster: ClusterConfig = Field(default_factory=LocalClusterConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    fail_on_tile_errors: bool = Field(
+        True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
+    )
+
+    @field_validator("years")
+    @classmethod
+    def _plausible_years(cls, years: list[int]) -> list[int]:
+        bad = [y for y in years if not 2015 <= y <= 2100]
+        if bad:
+            raise ValueError(f"years {bad} are outside Sentinel-2's era (2015 onwards)")
+        if len(set(years)) != len(years):
+            raise ValueError("years must not repeat")
+        return sorted(years)
+
+
+def params_hash(*parts: BaseModel | dict | list | str | int | float | None) -> str:
+    """A short, stable hash of stage parameters, recorded in each tile's done mark."""
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field by its dotted path."""
+    lines = [f"Invalid config {source}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after")) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {field}: unknown field; check its spelling against the config reference in README.md")
+        elif err["type"] == "missing":
+            lines.append(f"  - {field}: required field is missing")
+        else:
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  - {field}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config; raises ConfigError naming every bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of fields (name, aoi, years, ...)")
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_config(data: dict, source: str = "<dict>", base_dir: Path | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

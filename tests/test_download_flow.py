@@ -1,0 +1,151 @@
+"""Download stage with the synthetic source: the tile task alone, the Prefect flows, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import tasks.download
+from lcms.config import TileSubset, parse_config
+from lcms.grid import TileSelectionError
+from lcms.store import TileStore
+from tasks.download import download_params_hash, download_tile, synthetic_scene
+
+
+def small_config(tmp_path, **changes):
+    data = {
+        "name": "test",
+        # 5 km × 2.5 km in UTM 33N: two tiles of 2.5 km (250 + 2 × 5 px buffer = 260 px).
+        "aoi": {"bbox": [460_000, 5_090_000, 465_000, 5_092_500], "bbox_crs": "EPSG:32633"},
+        "years": [2023],
+        "grid": {"tile_size_m": 2500, "buffer_m": 50},
+        "store": {"url": str(tmp_path / "store")},
+        "cluster": {"kind": "local", "n_workers": 2},
+        "download": {"source": {"seed": 3, "dates_per_year": 8}},
+    }
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
+    return parse_config(data)
+
+
+def test_download_tile_matches_a_whole_tile_render(tmp_path):
+    from flows.common import load_grid
+
+    cfg = small_config(tmp_path)
+    store = TileStore.from_config(cfg.store)
+    tile = load_grid(cfg, store).tiles[0]
+    record = download_tile(store, tile, 2023, cfg.download)
+
+    # Independent path: render the whole tile at once instead of block by block.
+    expected = synthetic_scene(cfg.download.source).render(tile.grid, 2023)
+    reader = store.open_tile("download", 2023, tile.tile_id)
+    np.testing.assert_array_equal(reader.read("bands"), expected.bands)
+    np.testing.assert_array_equal(reader.read("data_mask"), expected.data_mask)
+    np.testing.assert_array_equal(reader.coord("time"), expected.dates)
+    assert record.params_hash == download_params_hash(cfg.download, tile, 2023)
+    assert record.extra["n_dates"] == len(expected.dates)
+    np.testing.assert_allclose(record.extra["data_fraction"], expected.data_mask.mean(axis=(1, 2)), atol=1e-4)
+
+
+@pytest.mark.usefixtures("prefect_server")
+class TestFlows:
+    def test_skip_overwrite_and_changed_parameters(self, tmp_path):
+        from flows.download import download_flow
+
+        cfg = small_config(tmp_path)
+        first = download_flow(cfg)
+        assert (first["done"], first["skipped"], first["failed"]) == (2, 0, 0)
+        store = TileStore.from_config(cfg.store)
+        attempts = {t: r.attempt for t, r in store.done_tiles("download", 2023).items()}
+        assert len(attempts) == 2
+
+        again = download_flow(cfg)
+        assert (again["done"], again["skipped"]) == (0, 2)
+        assert {t: r.attempt for t, r in store.done_tiles("download", 2023).items()} == attempts
+
+        one = sorted(attempts)[0]
+        redo = download_flow(cfg, TileSubset(tile_ids=[one]), overwrite=True)
+        assert (redo["done"], redo["skipped"], redo["tiles"]) == (1, 0, 1)
+        now = {t: r.attempt for t, r in store.done_tiles("download", 2023).items()}
+        assert now[one] != attempts[one] and all(now[t] == attempts[t] for t in attempts if t != one)
+
+        reseeded = download_flow(small_config(tmp_path, download={"source": {"seed": 4, "dates_per_year": 8}}))
+        assert reseeded["done"] == 2
+
+    def test_a_failing_tile_does_not_stop_the_others_and_a_rerun_retries_it(self, tmp_path, monkeypatch):
+        from flows.common import TileFailures
+        from flows.download import download_flow
+
+        cfg = small_config(tmp_path)
+        real = tasks.download.download_tile
+        grid_ids = []
+
+        def flaky(store, tile, year, download_cfg):
+            grid_ids.append(tile.tile_id)
+            if tile.tile_id.endswith("_0185_2036"):
+                raise OSError("simulated lost connection")
+            return real(store, tile, year, download_cfg)
+
+        # Threads of the LocalCluster share this process, so the patch reaches the tile tasks.
+        monkeypatch.setattr("flows.download.download_tile", flaky)
+        with pytest.raises(TileFailures, match=r"1 of 2 tile-years failed \(33N_0185_2036/2023: OSError"):
+            download_flow(cfg)
+        store = TileStore.from_config(cfg.store)
+        assert sorted(store.done_tiles("download", 2023)) == ["33N_0184_2036"]
+
+        monkeypatch.setattr("flows.download.download_tile", real)
+        rerun = download_flow(cfg)
+        assert (rerun["done"], rerun["skipped"]) == (1, 1)
+
+    def test_the_run_flow_builds_the_grid_then_downloads(self, tmp_path):
+        from flows.run import run_flow
+
+        cfg = small_config(tmp_path, years=[2023, 2024])
+        summaries = run_flow(cfg)
+        assert [s["stage"] for s in summaries] == ["download"]
+        assert summaries[0]["done"] == 4
+        store = TileStore.from_config(cfg.store)
+        assert len(store.read_grid()) == 2
+        assert len(store.done_tiles("download", 2024)) == 2
+
+    def test_bad_subsets_and_mismatched_grids_fail_before_work(self, tmp_path):
+        from flows.common import GridMismatchError
+        from flows.download import download_flow
+
+        cfg = small_config(tmp_path)
+        with pytest.raises(TileSelectionError, match="not in the grid: 33N_9999_9999"):
+            download_flow(cfg, TileSubset(tile_ids=["33N_9999_9999"]))
+        store = TileStore.from_config(cfg.store)
+        assert store.done_tiles("download", 2023) == {}
+        with pytest.raises(GridMismatchError, match="other aoi/grid settings"):
+            download_flow(small_config(tmp_path, grid={"tile_size_m": 5000, "buffer_m": 50}))
+        assert store.done_tiles("download", 2023) == {}
+
+
+def test_cli_runs_the_chain_on_ephemeral_prefect(tmp_path):
+    cfg = small_config(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    lcms = [sys.executable, "-m", "lcms.cli"]
+
+    grid = subprocess.run([*lcms, "grid", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert grid.returncode == 0, grid.stderr
+    assert "33N" in grid.stdout and "2 tiles" in grid.stdout
+
+    run = subprocess.run([*lcms, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "download: 2 done, 0 skipped, 0 failed of 2 tile-years" in run.stdout
+
+    status = subprocess.run([*lcms, "status", str(path)], capture_output=True, text=True, env=env, timeout=120)
+    assert "2 / 2" in status.stdout
+
+    bad = subprocess.run(
+        [*lcms, "download", str(path), "--tiles", "nope"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert bad.returncode == 1 and "not in the grid: nope" in bad.stderr

@@ -54,11 +54,16 @@ class TileOutcome:
 # --------------------------------------------------------------------------- store and grid
 
 
-def open_store(config: RunConfig) -> TileStore:
-    """The run's store, proven writable before any work starts."""
+def prepare_stage(config: RunConfig, subset: TileSubset) -> tuple[TileStore, AreaGrid]:
+    """Everything a stage checks before work starts: the AOI and grid, the subset, a writable store.
+
+    The order matters: inputs are read and checked first, so that a bad AOI or subset
+    fails before anything is written to the store.
+    """
     store = TileStore.from_config(config.store)
+    tiles = select_tiles(load_grid(config, store), subset)
     store.ensure_writable()
-    return store
+    return store, tiles
 
 
 def grid_params_hash(config: RunConfig) -> str:
@@ -70,7 +75,8 @@ def load_grid(config: RunConfig, store: TileStore, rebuild: bool = False) -> Are
     wanted = grid_params_hash(config)
     stored = store.grid_params_hash()
     if stored is None or rebuild:
-        grid = build_grid(load_aoi(config.aoi), config.grid)
+        grid = build_grid(load_aoi(config.aoi), config.grid)  # a bad AOI fails here, before any write
+        store.ensure_writable()
         store.write_grid(grid, wanted)
         return grid
     if stored != wanted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import collect, finish_stage, load_grid, open_store, run_tile, select_tiles, task_runner
+from flows.common import collect, finish_stage, prepare_stage, run_tile, task_runner
 from lcms.config import DownloadConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import TileStore
@@ -48,8 +48,7 @@ def download_flow(
     show_progress: bool = False,
 ) -> dict:
     """Fill the store with every selected tile's bands and data masks, for each year of the config."""
-    store = open_store(config)
-    tiles = select_tiles(load_grid(config, store), subset)
+    _, tiles = prepare_stage(config, subset)
     with task_runner(config, scheduler_address) as runner:
         outcomes = download_tiles.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
     return finish_stage(config, STAGE, outcomes)

@@ -9,7 +9,7 @@ import tempfile
 
 from prefect import flow
 
-from flows.common import load_grid, open_store, select_tiles
+from flows.common import prepare_stage
 from flows.download import download_flow
 from lcms.cluster import dask_cluster
 from lcms.config import RunConfig, TileSubset
@@ -20,8 +20,7 @@ def run_flow(
     config: RunConfig, subset: TileSubset = TileSubset(), overwrite: bool = False, show_progress: bool = False
 ) -> list[dict]:
     """Build the grid, then run each stage over the selected tiles and every year of the config."""
-    store = open_store(config)
-    select_tiles(load_grid(config, store), subset)  # fails fast on a bad subset, before the cluster starts
+    prepare_stage(config, subset)  # fails fast on a bad AOI, subset or store, before the cluster starts
     with (
         tempfile.TemporaryDirectory(prefix="lcms-dask-") as work_dir,
         dask_cluster(config.cluster, work_dir) as cluster,

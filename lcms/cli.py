@@ -7,6 +7,7 @@ the AOI and the store before any work starts.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -81,7 +82,9 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         # Every API call and every Dask worker start is logged at INFO; keep the output readable.
-        for noisy in ("httpx", "distributed", "prefect.server", "uvicorn"):
+        # distributed sets its loggers' levels from dask's config when imported, hence the variable.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        for noisy in ("httpx", "distributed", "prefect.server", "uvicorn", "pyogrio"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -105,17 +108,19 @@ def grid(
     output: Annotated[Path | None, typer.Option("--output", help="Also write the grid to this GeoPackage.")] = None,
 ) -> None:
     """Split the AOI into tiles, store the grid, and print the tile count per UTM zone."""
-    from flows.common import load_grid, open_store
+    from flows.common import load_grid
+    from lcms.store import TileStore
 
     cfg = _load(config)
     try:
-        store = open_store(cfg)
+        store = TileStore.from_config(cfg.store)
         area_grid = load_grid(cfg, store, rebuild=overwrite)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     if output is not None:
         area_grid.write_gpkg(output)
-    table = Table(title=f"{len(area_grid)} tiles of {cfg.grid.tile_size_m:g} m in {store.grid_url}")
+    console.print(f"{len(area_grid)} tiles of {cfg.grid.tile_size_m:g} m, grid stored at {store.grid_url}")
+    table = Table()
     table.add_column("UTM zone")
     table.add_column("tiles", justify="right")
     for zone, count in area_grid.counts_per_zone().items():
@@ -124,13 +129,13 @@ def grid(
 
 
 def _run_flow(flow_name: str, config: Path, tiles, bbox, subset, overwrite: bool) -> None:
-    from flows.common import load_grid, open_store, select_tiles
+    from flows.common import prepare_stage
 
     cfg = _load(config)
     selection = _subset(tiles, bbox, subset)
     try:
-        # Cheap checks first, so that a bad store or subset fails before Prefect and Dask start.
-        select_tiles(load_grid(cfg, open_store(cfg)), selection)
+        # Cheap checks first, so that a bad AOI, subset or store fails before Prefect and Dask start.
+        prepare_stage(cfg, selection)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     if flow_name == "run":
@@ -183,7 +188,8 @@ def status(config: ConfigArg) -> None:
         n_tiles = len(store.read_grid())
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    table = Table(title=f"{store.url}: {n_tiles} tiles in the grid")
+    console.print(f"{store.url}: {n_tiles} tiles in the grid")
+    table = Table()
     for column in ("stage", "year", "done"):
         table.add_column(column)
     for stage in LAYOUTS:

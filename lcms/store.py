@@ -276,7 +276,7 @@ class TileStore:
         """The settings hash of the stored grid, or None when the store has no complete grid."""
         try:
             return json.loads(self.fs.cat_file(self._path("grid.json")))["params_hash"]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def read_grid(self):
@@ -295,7 +295,7 @@ class TileStore:
     def done_record(self, stage: str, year: int | str, tile_id: str) -> DoneRecord | None:
         try:
             return DoneRecord.from_json(self.fs.cat_file(self._done_path(stage, year, tile_id)))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def is_done(self, stage: str, year: int | str, tile_id: str, params_hash: str | None = None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,46 @@ def test_cli_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("grid", "run", "download", "status", "validate"):
         assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["grid", "download", "run"])
+def test_cli_bad_aoi_or_store_fails_clearly_and_writes_nothing(tmp_path, command):
+    store = tmp_path / "store"
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [
+        ({"aoi": {"path": str(tmp_path / "missing.gpkg")}}, "does not exist"),
+        ({"aoi": {"path": str(empty)}}, "holds no geometry"),
+        ({"store": {"url": str(blocker / "store")}}, "cannot be written"),
+    ]
+    for change, words in cases:
+        path = write_config(tmp_path, {**MINIMAL, "store": {"url": str(store)}, **change})
+        result = CliRunner().invoke(app, [command, str(path)])
+        assert result.exit_code == 1, result.output
+        assert words in result.output
+        assert not store.exists()
+    assert blocker.read_text() == "x"
+
+
+def test_cli_grid_repairs_a_self_intersecting_aoi_and_reports_zones(tmp_path):
+    bowtie = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[14, 46], [14.2, 46.2], [14.2, 46], [14, 46.2], [14, 46]]],
+                },
+            }
+        ],
+    }
+    aoi = tmp_path / "bowtie.geojson"
+    aoi.write_text(json.dumps(bowtie))
+    path = write_config(tmp_path, {**MINIMAL, "aoi": {"path": str(aoi)}, "store": {"url": str(tmp_path / "s")}})
+    result = CliRunner().invoke(app, ["grid", str(path), "--output", str(tmp_path / "grid.gpkg")])
+    assert result.exit_code == 0, result.output
+    assert "33N" in result.output and (tmp_path / "grid.gpkg").is_file()

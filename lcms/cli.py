@@ -128,7 +128,16 @@ def grid(
     console.print(table)
 
 
-def _run_flow(flow_name: str, config: Path, tiles, bbox, subset, overwrite: bool) -> None:
+# Stage commands, in pipeline order: name → (flow entrypoint, help). Each takes the same options.
+STAGE_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("flows.run:run_flow", "Run the whole chain (grid, download, ...) over the AOI or a subset of it."),
+    "download": ("flows.download:download_flow", "Stage 1: bands and data masks for every tile and year."),
+}
+
+
+def _run_flow(entrypoint: str, config: Path, tiles, bbox, subset, overwrite: bool) -> None:
+    import importlib
+
     from flows.common import prepare_stage
 
     cfg = _load(config)
@@ -138,10 +147,8 @@ def _run_flow(flow_name: str, config: Path, tiles, bbox, subset, overwrite: bool
         prepare_stage(cfg, selection)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    if flow_name == "run":
-        from flows.run import run_flow as flow_fn
-    else:
-        from flows.download import download_flow as flow_fn
+    module, name = entrypoint.split(":")
+    flow_fn = getattr(importlib.import_module(module), name)
     try:
         result = flow_fn(cfg, selection, overwrite, show_progress=True)
     except _user_errors() as exc:
@@ -153,28 +160,21 @@ def _run_flow(flow_name: str, config: Path, tiles, bbox, subset, overwrite: bool
         )
 
 
-@app.command()
-def run(
-    config: ConfigArg,
-    tiles: TilesOpt = None,
-    bbox: BboxOpt = None,
-    subset: SubsetOpt = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Run the whole chain (grid, download, ...) over the AOI or a subset of it."""
-    _run_flow("run", config, tiles, bbox, subset, overwrite)
+def _register_stage_command(name: str, entrypoint: str, help_text: str) -> None:
+    def command(
+        config: ConfigArg,
+        tiles: TilesOpt = None,
+        bbox: BboxOpt = None,
+        subset: SubsetOpt = None,
+        overwrite: OverwriteOpt = False,
+    ) -> None:
+        _run_flow(entrypoint, config, tiles, bbox, subset, overwrite)
+
+    app.command(name=name, help=help_text)(command)
 
 
-@app.command()
-def download(
-    config: ConfigArg,
-    tiles: TilesOpt = None,
-    bbox: BboxOpt = None,
-    subset: SubsetOpt = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Stage 1: bands and data masks for every tile and year into the store."""
-    _run_flow("download", config, tiles, bbox, subset, overwrite)
+for _name, (_entrypoint, _help) in STAGE_COMMANDS.items():
+    _register_stage_command(_name, _entrypoint, _help)
 
 
 @app.command()

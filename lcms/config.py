@@ -128,7 +128,7 @@ class StoreConfig(StrictModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("s3://", "file://", "memory://")):
+        if "://" in value and not value.startswith(("s3://", "file://")):
             raise ValueError(f"store URL {value!r} must be a local folder or s3://bucket/prefix")
         return value
 

@@ -31,15 +31,7 @@ def download_params_hash(cfg: DownloadConfig, tile: Tile, year: int) -> str:
 
 
 def synthetic_scene(source: SyntheticSourceConfig) -> SyntheticScene:
-    return SyntheticScene(
-        seed=source.seed,
-        first_year=source.first_year,
-        dates_per_year=source.dates_per_year,
-        cloud_cover=source.cloud_cover,
-        swath_edge_fraction=source.swath_edge_fraction,
-        change_fraction=source.change_fraction,
-        patch_size_m=source.patch_size_m,
-    )
+    return SyntheticScene(**source.model_dump(exclude={"kind"}))
 
 
 def download_tile(store: TileStore, tile: Tile, year: int, cfg: DownloadConfig) -> DoneRecord:

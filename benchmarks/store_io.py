@@ -13,6 +13,7 @@ import argparse
 import resource
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def main() -> None:
     scene = SyntheticScene(seed=1, dates_per_year=args.dates)
     dates = scene.acquisition_dates(2023)
     pixel_dates = args.size**2 * len(dates)
-    raw_bytes = pixel_dates * (len(L1C_BANDS) * 2 + 1)
+    raw_bytes = pixel_dates * (len(L1C_BANDS) * 2 + 4)  # bands + data, cloud and valid masks + probability
     print(f"tile {args.size} × {args.size} px, {len(dates)} dates, 13 bands: {raw_bytes / 2**20:.0f} MiB uncompressed")
     print(f"{'step':<34}{'seconds':>9}{'Mpx·dates/s':>13}{'MiB/s':>9}{'peak RSS MiB':>14}")
 
@@ -59,14 +60,20 @@ def main() -> None:
             t0 = time.perf_counter()
             block = scene.render(block_grid, 2023, dates)
             t1 = time.perf_counter()
+            # The generator's true cloud mask stands in for s2cloudless here: this measures I/O only.
+            valid = block.data_mask & ~block.cloud_mask
             writer.write("bands", block.bands, region)
             writer.write("data_mask", block.data_mask, region)
+            writer.write("cloud_prob", np.where(block.cloud_mask, 100, 0).astype(np.uint8), region)
+            writer.write("cloud_mask", block.cloud_mask, region)
+            writer.write("valid_mask", valid, region)
             render_s += t1 - t0
             write_s += time.perf_counter() - t1
+        writer.write("valid_coverage", np.zeros(len(dates), np.float32))
     report("render (synthetic, 256-px blocks)", render_s)
     report("write to store (zstd)", write_s)
 
-    on_disk = sum(f.stat().st_size for f in __import__("pathlib").Path(args.store).rglob("*") if f.is_file())
+    on_disk = sum(f.stat().st_size for f in Path(args.store).rglob("*") if f.is_file())
     print(f"on disk: {on_disk / 2**20:.0f} MiB, compression ratio {raw_bytes / on_disk:.2f}")
 
     reader = store.open_tile("download", 2023, "T")

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
@@ -201,15 +211,93 @@ class SyntheticSourceConfig(StrictModel):
     patch_size_m: float = Field(500.0, gt=0)
 
 
+class SentinelHubSourceConfig(StrictModel):
+    """Sentinel-2 from Sentinel Hub's Catalog and Process APIs (sentinelhub-py).
+
+    Credentials are read from the environment (SH_CLIENT_ID, SH_CLIENT_SECRET) or from
+    Prefect Secret blocks named here; never from the config file.
+    """
+
+    kind: Literal["sentinelhub"]
+    collection: Literal["L1C", "L2A"] = "L1C"
+    service: Literal["sentinel-hub", "cdse"] = Field(
+        "sentinel-hub", description="services.sentinel-hub.com, or the Copernicus Data Space Ecosystem."
+    )
+    base_url: str | None = Field(None, description="Override the service's API URL (e.g. a proxy).")
+    token_url: str | None = Field(None, description="Override the service's OAuth token URL.")
+    max_cloud_cover: float = Field(1.0, ge=0, le=1, description="Catalog filter on scene cloud cover, 0..1.")
+    time_difference_minutes: float = Field(
+        120.0, ge=0, description="Acquisitions closer than this are merged into one date (same-day tiles)."
+    )
+    max_concurrent_requests: int = Field(4, ge=1, le=32)
+    max_retries: int = Field(5, ge=0, le=20, description="Retries on 429, 5xx and timeouts, with backoff.")
+    request_timeout_s: float = Field(120.0, gt=0)
+    client_id_block: str | None = Field(None, description="Prefect Secret block holding the OAuth client id.")
+    client_secret_block: str | None = Field(None, description="Prefect Secret block holding the client secret.")
+
+
+class FileSourceConfig(StrictModel):
+    """Sentinel-2 scenes already on disk or S3: per-band files (SAFE IMG_DATA) or multi-band GeoTIFFs."""
+
+    kind: Literal["files"]
+    path: str = Field(..., description="Folder (local or s3://) searched recursively for scenes.")
+    collection: Literal["L1C", "L2A"] = "L1C"
+    band_order: list[str] | None = Field(
+        None, description="Band names of multi-band files, in file order, when the files do not name them."
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = Field(
+        "bilinear", description="Resampling onto the tile grid (20 m and 60 m bands, other CRSs)."
+    )
+
+    _resolve = field_validator("path")(_resolve_path)
+
+
+def _source_kind(value: Any) -> str | None:
+    # A source section without `kind` means the synthetic default.
+    if isinstance(value, dict):
+        return value.get("kind", "synthetic")
+    return getattr(value, "kind", None)
+
+
+SourceConfig = Annotated[
+    Annotated[SyntheticSourceConfig, Tag("synthetic")]
+    | Annotated[SentinelHubSourceConfig, Tag("sentinelhub")]
+    | Annotated[FileSourceConfig, Tag("files")],
+    Discriminator(
+        _source_kind,
+        custom_error_type="unknown_source",
+        custom_error_message="source.kind must be one of 'synthetic', 'sentinelhub', 'files'",
+    ),
+]
+
+
+class CloudMaskConfig(StrictModel):
+    """s2cloudless cloud probabilities and masks.
+
+    `average_over` and `dilation_size` are in pixels at 10 m, as in eo-learn's CloudMaskTask;
+    they are scaled to `analysis_resolution_m`. By default the detector runs at 160 m, as
+    Sentinel Hub's own cloud products, and the result is upsampled to 10 m.
+    """
+
+    method: Literal["s2cloudless", "none"] = Field(
+        "s2cloudless", description="'none' stores no cloud detection: valid = data (e.g. L2A with own masks)."
+    )
+    threshold: float = Field(0.4, gt=0, lt=1)
+    average_over: int = Field(4, ge=0)
+    dilation_size: int = Field(2, ge=0)
+    analysis_resolution_m: float = Field(160.0, gt=0, description="10 = full resolution.")
+
+
 class DownloadConfig(StrictModel):
     """Stage 1: fill the store with bands and masks for every tile and year.
 
     `block_size` is a multiple of the store's 256-pixel chunks, so each block writes whole chunks.
     """
 
-    source: SyntheticSourceConfig = Field(default_factory=SyntheticSourceConfig)
+    source: SourceConfig = Field(default_factory=SyntheticSourceConfig)
+    cloud_mask: CloudMaskConfig = Field(default_factory=CloudMaskConfig)
     block_size: int = Field(
-        256, ge=256, multiple_of=256, description="Tiles are produced and written in square blocks of this many pixels."
+        512, ge=256, multiple_of=256, description="Tiles are produced and written in square blocks of this many pixels."
     )
 
 
@@ -242,6 +330,32 @@ class RunConfig(StrictModel):
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )
 
+    @model_validator(mode="after")
+    def _cloud_detector_has_its_bands(self) -> RunConfig:
+        source, clouds = self.download.source, self.download.cloud_mask
+        if getattr(source, "collection", "L1C") == "L2A" and clouds.method == "s2cloudless":
+            raise ValueError(
+                "download.cloud_mask: s2cloudless needs the L1C bands (L2A has no B10); "
+                "download L1C, or set download.cloud_mask.method: none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cloud_cells_fit_the_grid(self) -> RunConfig:
+        # The cloud detector averages whole cells of pixels; blocks must start on cell edges.
+        factor = self.download.cloud_mask.analysis_resolution_m / self.grid.resolution_m
+        if abs(factor - round(factor)) > 1e-9:
+            raise ValueError(
+                f"download.cloud_mask.analysis_resolution_m ({self.download.cloud_mask.analysis_resolution_m}) "
+                f"must be a whole multiple of grid.resolution_m ({self.grid.resolution_m})"
+            )
+        if self.download.block_size % round(factor):
+            raise ValueError(
+                f"download.block_size ({self.download.block_size}) must be a multiple of the cloud analysis "
+                f"cell ({round(factor)} px); e.g. 512 with 160 m analysis at 10 m"
+            )
+        return self
+
     @field_validator("years")
     @classmethod
     def _plausible_years(cls, years: list[int]) -> list[int]:
@@ -260,11 +374,25 @@ def params_hash(*parts: BaseModel | dict | list | str | int | float | None) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Union members appear in pydantic's error paths by their tag; users never write those.
+_UNION_TAGS = {"source": {"synthetic", "sentinelhub", "files"}, "cluster": {"local", "ec2"}}
+
+
+def _user_path(loc: tuple) -> list[str]:
+    """An error location as the user wrote it: no union tags, no validator names."""
+    parts: list[str] = []
+    for part in map(str, loc):
+        if part.startswith("function-after") or (parts and part in _UNION_TAGS.get(parts[-1], ())):
+            continue
+        parts.append(part)
+    return parts
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the field by its dotted path."""
     lines = [f"Invalid config {source}:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after")) or "(top level)"
+        field = ".".join(_user_path(err["loc"])) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - {field}: unknown field; check its spelling against the config reference in README.md")
         elif err["type"] == "missing":

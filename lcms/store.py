@@ -121,6 +121,38 @@ LAYOUTS: dict[str, StageLayout] = {
                 "True where the satellite swath has data",
                 chunks=_SPATIAL,
             ),
+            ArraySpec(
+                "cloud_prob",
+                ("time", "y", "x"),
+                "uint8",
+                255,
+                "s2cloudless cloud probability in percent (0-100); 255 = no data",
+                chunks=_SPATIAL,
+                attrs={"units": "%"},
+            ),
+            ArraySpec(
+                "cloud_mask",
+                ("time", "y", "x"),
+                "bool",
+                False,
+                "True where s2cloudless finds cloud (False where there is no data)",
+                chunks=_SPATIAL,
+            ),
+            ArraySpec(
+                "valid_mask",
+                ("time", "y", "x"),
+                "bool",
+                False,
+                "True where there is data and no cloud: the pixels later stages may use",
+                chunks=_SPATIAL,
+            ),
+            ArraySpec(
+                "valid_coverage",
+                ("time",),
+                "float32",
+                0.0,
+                "Fraction of the tile's pixels that are valid in each frame",
+            ),
         ),
     ),
 }
@@ -349,6 +381,17 @@ class TileStore:
         return xr.open_zarr(reader.url, storage_options=None if self.is_local else self.storage_options, zarr_format=3)
 
 
+def _is_spatial(spec: ArraySpec) -> bool:
+    return set(SPATIAL_DIMS) <= set(spec.dims)
+
+
+def _read_region(array: zarr.Array, region: tuple[slice, slice] | None) -> np.ndarray:
+    if region is None:
+        return array[...]
+    rows, cols = region
+    return array[tuple(rows if d == "y" else cols if d == "x" else slice(None) for d in array.metadata.dimension_names)]
+
+
 def _protocols(fs) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
@@ -406,7 +449,8 @@ class TileWriter:
                     **spec.attrs,
                 },
             )
-            self._coverage[spec.name] = np.zeros(grid.shape, dtype=bool)
+            # What has been written, to refuse a commit with gaps: per pixel, or once for non-spatial arrays.
+            self._coverage[spec.name] = np.zeros(grid.shape if _is_spatial(spec) else (), dtype=bool)
 
     def _write_coords(self, coords: Mapping[str, Any]) -> None:
         def put(name, values, dtype, attrs=None):
@@ -454,6 +498,16 @@ class TileWriter:
             raise StoreError(
                 f"{self.layout.stage}.{name} must be {spec.dtype}, got {data.dtype}; convert before writing"
             )
+        if not _is_spatial(spec):
+            expected = spec.shape_for(self.sizes)
+            if region is not None or data.shape != expected:
+                raise StoreError(
+                    f"{self.layout.stage}.{name} is written whole, with shape {expected}; got {data.shape}"
+                )
+            if data.size:
+                self.group[name][...] = data
+            self._coverage[name][()] = True
+            return
         rows, cols = region if region is not None else (slice(0, self.grid.height), slice(0, self.grid.width))
         rows = slice(*rows.indices(self.grid.height)[:2])
         cols = slice(*cols.indices(self.grid.width)[:2])
@@ -469,6 +523,10 @@ class TileWriter:
         if data.size:
             self.group[name][index] = data
         self._coverage[name][rows, cols] = True
+
+    def read(self, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Read back what this attempt has written so far (e.g. bands with a halo for a second pass)."""
+        return _read_region(self.group[name], region)
 
     def commit(self, extra: Mapping[str, Any] | None = None) -> DoneRecord:
         """Make this attempt the tile's current output, atomically, then remove stale attempts."""
@@ -530,12 +588,7 @@ class TileReader:
 
     def read(self, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
         """Array `name`, whole or a spatial (rows, cols) region, in its stored dtype."""
-        arr = self.group[name]
-        dims = arr.metadata.dimension_names
-        if region is None:
-            return arr[...]
-        rows, cols = region
-        return arr[tuple(rows if d == "y" else cols if d == "x" else slice(None) for d in dims)]
+        return _read_region(self.group[name], region)
 
     @property
     def attrs(self) -> dict:

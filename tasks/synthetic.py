@@ -655,3 +655,22 @@ class SyntheticScene:
             u = _unit64(_hash(self.seed, _CH_REFERENCE, year, corner[:, 0], corner[:, 1]))
             gdf = gdf[u < fraction].reset_index(drop=True)
         return gdf
+
+
+class SyntheticSource:
+    """The generator behind the download stage's source interface (`tasks.sources.BandSource`)."""
+
+    band_names: tuple[str, ...] = L1C_BANDS
+
+    def __init__(self, scene: SyntheticScene):
+        self.scene = scene
+
+    def acquisition_dates(self, grid: PixelGrid, year: int) -> np.ndarray:
+        return self.scene.acquisition_dates(year)
+
+    def read(self, grid: PixelGrid, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(dates):
+            return np.zeros((0, *grid.shape, N_BANDS), np.uint16), np.zeros((0, *grid.shape), bool)
+        year = int(np.datetime_as_string(dates[0], unit="Y"))
+        tile = self.scene.render(grid, year, dates)
+        return tile.bands, tile.data_mask

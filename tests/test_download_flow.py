@@ -13,8 +13,15 @@ import yaml
 import tasks.download
 from lcms.config import TileSubset, parse_config
 from lcms.grid import TileSelectionError
+from lcms.sentinel2 import L1C_BANDS
 from lcms.store import TileStore
-from tasks.download import download_params_hash, download_tile, synthetic_scene
+from tasks.cloud_mask import cloud_masks
+from tasks.download import download_params_hash, download_tile
+from tasks.sources import make_source
+
+
+def synthetic_scene(source_cfg):
+    return make_source(source_cfg).scene
 
 
 def small_config(tmp_path, **changes):
@@ -33,23 +40,89 @@ def small_config(tmp_path, **changes):
     return parse_config(data)
 
 
-def test_download_tile_matches_a_whole_tile_render(tmp_path):
+def test_download_tile_blocks_match_whole_tile_processing(tmp_path):
+    from flows.common import load_grid
+
+    # 256-px blocks on a 260-px tile: four blocks, so the cloud pass needs its halo.
+    cfg = small_config(tmp_path, download={"source": {"seed": 3, "dates_per_year": 8}, "block_size": 256})
+    store = TileStore.from_config(cfg.store)
+    tile = load_grid(cfg, store).tiles[0]
+    record = download_tile(store, tile, 2023, cfg.download)
+
+    # Independent path: render and cloud-mask the whole tile at once instead of block by block.
+    expected = synthetic_scene(cfg.download.source).render(tile.grid, 2023)
+    prob, cloudy = cloud_masks(expected.bands, L1C_BANDS, expected.data_mask, 10.0, cfg.download.cloud_mask)
+    valid = expected.data_mask & ~cloudy
+    reader = store.open_tile("download", 2023, tile.tile_id)
+    np.testing.assert_array_equal(reader.read("bands"), expected.bands)
+    np.testing.assert_array_equal(reader.read("data_mask"), expected.data_mask)
+    np.testing.assert_array_equal(reader.read("cloud_prob"), prob)
+    np.testing.assert_array_equal(reader.read("cloud_mask"), cloudy)
+    np.testing.assert_array_equal(reader.read("valid_mask"), valid)
+    np.testing.assert_allclose(reader.read("valid_coverage"), valid.mean(axis=(1, 2)), atol=1e-6)
+    np.testing.assert_array_equal(reader.coord("time"), expected.dates)
+    assert record.params_hash == download_params_hash(cfg.download, tile, 2023)
+    assert record.extra["n_dates"] == len(expected.dates)
+    # The detector finds the generator's opaque clouds.
+    truth = expected.cloud_mask
+    assert truth.any() and (cloudy & truth).sum() / truth.sum() > 0.9
+
+
+class NoAcquisitions:
+    band_names = L1C_BANDS
+
+    def acquisition_dates(self, grid, year):
+        return np.array([], dtype="datetime64[s]")
+
+    def read(self, grid, dates):
+        raise AssertionError("nothing to read")
+
+
+class FailsMidTile:
+    """Delivers the first blocks, then fails as a connection would after its retries."""
+
+    band_names = L1C_BANDS
+
+    def __init__(self, scene):
+        self.scene, self.calls = scene, 0
+
+    def acquisition_dates(self, grid, year):
+        return self.scene.acquisition_dates(year)
+
+    def read(self, grid, dates):
+        self.calls += 1
+        if self.calls == 3:
+            raise TimeoutError("read timed out after 5 retries")
+        tile = self.scene.render(grid, 2023, dates)
+        return tile.bands, tile.data_mask
+
+
+def test_a_year_without_acquisitions_is_done_with_zero_frames(tmp_path, caplog):
     from flows.common import load_grid
 
     cfg = small_config(tmp_path)
     store = TileStore.from_config(cfg.store)
     tile = load_grid(cfg, store).tiles[0]
-    record = download_tile(store, tile, 2023, cfg.download)
+    record = download_tile(store, tile, 2023, cfg.download, source=NoAcquisitions())
+    assert record.extra["n_dates"] == 0 and "no acquisitions" in caplog.text
+    ds = store.open_dataset("download", 2023, tile.tile_id)
+    assert ds.sizes["time"] == 0 and ds.valid_mask.shape == (0, 260, 260)
 
-    # Independent path: render the whole tile at once instead of block by block.
-    expected = synthetic_scene(cfg.download.source).render(tile.grid, 2023)
-    reader = store.open_tile("download", 2023, tile.tile_id)
-    np.testing.assert_array_equal(reader.read("bands"), expected.bands)
-    np.testing.assert_array_equal(reader.read("data_mask"), expected.data_mask)
-    np.testing.assert_array_equal(reader.coord("time"), expected.dates)
-    assert record.params_hash == download_params_hash(cfg.download, tile, 2023)
-    assert record.extra["n_dates"] == len(expected.dates)
-    np.testing.assert_allclose(record.extra["data_fraction"], expected.data_mask.mean(axis=(1, 2)), atol=1e-4)
+
+def test_a_source_failing_mid_tile_leaves_the_previous_state(tmp_path):
+    from flows.common import load_grid
+
+    cfg = small_config(tmp_path, download={"source": {"seed": 3, "dates_per_year": 8}, "block_size": 256})
+    store = TileStore.from_config(cfg.store)
+    tile = load_grid(cfg, store).tiles[0]
+    before = download_tile(store, tile, 2023, cfg.download)
+    with pytest.raises(TimeoutError):
+        download_tile(store, tile, 2023, cfg.download, source=FailsMidTile(synthetic_scene(cfg.download.source)))
+    assert store.done_record("download", 2023, tile.tile_id) == before
+    store.fs.invalidate_cache()
+    assert store.fs.glob(f"{store.tile_dir('download', 2023, tile.tile_id)}/attempt-*") == [
+        f"{store.tile_dir('download', 2023, tile.tile_id)}/{before.attempt}.zarr"
+    ]
 
 
 @pytest.mark.usefixtures("prefect_server")

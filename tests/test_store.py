@@ -24,21 +24,38 @@ COORDS = {"time": DATES, "band": np.array(L1C_BANDS)}
 
 
 def sample_arrays(seed=0):
+    """Every array of the download layout, random but consistent (no data → 0 / 255 / False)."""
     rng = np.random.default_rng(seed)
     bands = rng.integers(1, 12_000, size=(len(DATES), *GRID.shape, len(L1C_BANDS)), dtype=np.uint16)
     data_mask = rng.random((len(DATES), *GRID.shape)) > 0.1
     bands[~data_mask] = 0
-    return bands, data_mask
+    cloud_prob = np.where(data_mask, rng.integers(0, 101, data_mask.shape), 255).astype(np.uint8)
+    cloud_mask = data_mask & (cloud_prob >= 40)
+    valid_mask = data_mask & ~cloud_mask
+    return {
+        "bands": bands,
+        "data_mask": data_mask,
+        "cloud_prob": cloud_prob,
+        "cloud_mask": cloud_mask,
+        "valid_mask": valid_mask,
+        "valid_coverage": valid_mask.mean(axis=(1, 2)).astype(np.float32),
+    }
+
+
+def write_arrays(writer, arrays, block):
+    for region, _ in GRID.blocks(block):
+        rows, cols = region
+        for name, values in arrays.items():
+            if name != "valid_coverage":
+                writer.write(name, values[:, rows, cols], region)
+    writer.write("valid_coverage", arrays["valid_coverage"])
 
 
 def write_tile(store, tile_id="T1", seed=0, params="p1", block=256):
-    bands, data_mask = sample_arrays(seed)
+    arrays = sample_arrays(seed)
     with store.writer("download", 2023, tile_id, GRID, params, COORDS) as writer:
-        for region, _ in GRID.blocks(block):
-            rows, cols = region
-            writer.write("bands", bands[:, rows, cols], region)
-            writer.write("data_mask", data_mask[:, rows, cols], region)
-    return bands, data_mask
+        write_arrays(writer, arrays, block)
+    return arrays["bands"], arrays["data_mask"]
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -66,12 +83,14 @@ def test_layout_dtypes_chunks_and_compression(store):
     store.ensure_writable()
     write_tile(store)
     group = store.open_tile("download", 2023, "T1").group
+    assert set(group.array_keys()) >= {a.name for a in LAYOUTS["download"].arrays}
     for spec in LAYOUTS["download"].arrays:
         array = group[spec.name]
         assert array.dtype == np.dtype(spec.dtype)
         assert array.metadata.dimension_names == spec.dims
         sizes = {"time": len(DATES), "y": 300, "x": 300, "band": 13}
         assert array.chunks == spec.chunks_for(sizes)
+        assert array.fill_value == spec.fill_value
         codec = array.metadata.codecs[-1].to_dict()
         assert codec["name"] == "blosc" and codec["configuration"]["cname"] == "zstd"
     assert group["bands"].chunks == (4, 256, 256, 1)
@@ -119,12 +138,13 @@ def test_overwrite_replaces_atomically_and_removes_the_old_attempt(store):
     store.ensure_writable()
     old_bands, _ = write_tile(store, seed=1)
     old_attempt = store.done_record("download", 2023, "T1").attempt
-    new_bands, new_mask = sample_arrays(seed=2)
+    new = sample_arrays(seed=2)
+    new_bands = new["bands"]
     writer = store.writer("download", 2023, "T1", GRID, "p2", COORDS)
     writer.write("bands", new_bands)
     # Mid-write, readers still see the old, complete output.
     np.testing.assert_array_equal(store.open_tile("download", 2023, "T1").read("bands"), old_bands)
-    writer.write("data_mask", new_mask)
+    write_arrays(writer, {k: v for k, v in new.items() if k != "bands"}, 512)
     writer.commit()
     record = store.done_record("download", 2023, "T1")
     assert record.params_hash == "p2" and record.attempt != old_attempt
@@ -136,10 +156,11 @@ def test_overwrite_replaces_atomically_and_removes_the_old_attempt(store):
 
 def test_incomplete_or_failed_writes_never_count_as_done(store):
     store.ensure_writable()
-    bands, data_mask = sample_arrays()
+    arrays = sample_arrays()
+    bands = arrays["bands"]
     writer = store.writer("download", 2023, "T1", GRID, "p1", COORDS)
-    writer.write("bands", bands)
-    writer.write("data_mask", data_mask[:, :100], (slice(0, 100), slice(None)))
+    write_arrays(writer, {k: v for k, v in arrays.items() if k != "data_mask"}, 512)
+    writer.write("data_mask", arrays["data_mask"][:, :100], (slice(0, 100), slice(None)))
     with pytest.raises(StoreError, match=r"\['data_mask'\] are not completely written"):
         writer.commit()
     assert not store.is_done("download", 2023, "T1")
@@ -154,8 +175,10 @@ def test_incomplete_or_failed_writes_never_count_as_done(store):
 
 def test_writes_of_the_wrong_dtype_or_shape_are_refused(tmp_path):
     store = TileStore(str(tmp_path / "s"))
-    bands, _ = sample_arrays()
+    bands = sample_arrays()["bands"]
     writer = store.writer("download", 2023, "T1", GRID, "p1", COORDS)
+    with pytest.raises(StoreError, match="valid_coverage is written whole"):
+        writer.write("valid_coverage", np.zeros(3, np.float32))
     with pytest.raises(StoreError, match="bands must be uint16, got float32"):
         writer.write("bands", bands.astype(np.float32))
     with pytest.raises(StoreError, match="expects shape"):
@@ -173,7 +196,10 @@ def test_a_year_without_acquisitions_is_a_valid_empty_tile(tmp_path):
     no_dates = {"time": np.array([], dtype="datetime64[s]"), "band": np.array(L1C_BANDS)}
     with store.writer("download", 2023, "T1", GRID, "p1", no_dates) as writer:
         writer.write("bands", np.zeros((0, 300, 300, 13), np.uint16))
-        writer.write("data_mask", np.zeros((0, 300, 300), bool))
+        writer.write("cloud_prob", np.zeros((0, 300, 300), np.uint8))
+        for name in ("data_mask", "cloud_mask", "valid_mask"):
+            writer.write(name, np.zeros((0, 300, 300), bool))
+        writer.write("valid_coverage", np.zeros(0, np.float32))
     ds = store.open_dataset("download", 2023, "T1")
     assert ds.sizes["time"] == 0 and ds.rio.crs.to_epsg() == 32633
 
@@ -205,12 +231,12 @@ KILLED_WRITER = textwrap.dedent(
     from test_store import GRID, COORDS, sample_arrays
 
     store = TileStore({url!r}, {options!r})
-    bands, data_mask = sample_arrays(seed=5)
+    arrays = sample_arrays(seed=5)
     writer = store.writer("download", 2023, "T1", GRID, "p2", COORDS)
     for i, (region, _) in enumerate(GRID.blocks(100)):
         rows, cols = region
-        writer.write("bands", bands[:, rows, cols], region)
-        writer.write("data_mask", data_mask[:, rows, cols], region)
+        for name in ("bands", "data_mask"):
+            writer.write(name, arrays[name][:, rows, cols], region)
         print("wrote block", i, flush=True)
         time.sleep(0.3)
     writer.commit()

@@ -39,6 +39,10 @@ class TileFailures(RuntimeError):
     """Some tiles failed; the message lists them."""
 
 
+class StageInputError(StoreError):
+    """A stage was started before the stage it reads from had finished the tiles it needs."""
+
+
 @dataclass(frozen=True)
 class TileOutcome:
     """What happened to one tile-year in a stage run: done, skipped (already done) or failed."""
@@ -96,6 +100,17 @@ def select_tiles(grid: AreaGrid, subset: TileSubset) -> AreaGrid:
     return grid.select(tile_ids=subset.tile_ids, geometry=geometry, bbox=subset.bbox)
 
 
+def require_inputs(store: TileStore, input_stage: str, stage: str, tile_ids: list[str], years: list[int]) -> None:
+    """Fail before any work when `input_stage` is not done for every selected tile-year."""
+    missing = [f"{t}/{y}" for y in years for t in tile_ids if t not in store.done_tiles(input_stage, y)]
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise StageInputError(
+            f"the {stage} stage reads the {input_stage} stage's output, which is missing for "
+            f"{len(missing)} tile-year(s): {shown}. Run `lcms {input_stage} CONFIG` for them first."
+        )
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -128,6 +143,36 @@ def run_tile(
         return {"status": "skipped", "seconds": 0.0}
     produce()
     return {"status": "done", "seconds": round(time.perf_counter() - start, 3)}
+
+
+def run_stage(
+    config: RunConfig,
+    subset: TileSubset,
+    overwrite: bool,
+    scheduler_address: str | None,
+    show_progress: bool,
+    stage: str,
+    tiles_flow,
+    input_stage: str | None = None,
+) -> dict:
+    """The body of every outer stage flow: checks, cluster, the inner per-tile flow, the report."""
+    store, tiles = prepare_stage(config, subset)
+    if input_stage is not None:
+        require_inputs(store, input_stage, stage, tiles.tile_ids, config.years)
+    with task_runner(config, scheduler_address) as runner:
+        outcomes = tiles_flow.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
+    return finish_stage(config, stage, outcomes)
+
+
+def submit_tiles(tile_task, stage: str, config: RunConfig, stage_cfg, tile_ids: list[str], overwrite, show_progress):
+    """The body of every inner stage flow: one task per tile and year, on the flow's Dask runner."""
+    grid = TileStore.from_config(config.store).read_grid()
+    futures = {
+        tile_task.submit(config.store, grid[tile_id], year, stage_cfg, overwrite): (tile_id, year)
+        for tile_id in tile_ids
+        for year in config.years
+    }
+    return collect(stage, futures, show_progress)
 
 
 def collect(

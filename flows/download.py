@@ -1,11 +1,11 @@
-"""Download stage flow: bands and masks for every tile and year of the AOI."""
+"""Download stage flow: bands, cloud masks and valid-data masks for every tile and year of the AOI."""
 
 from __future__ import annotations
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import collect, finish_stage, prepare_stage, run_tile, task_runner
+from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import DownloadConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import TileStore
@@ -30,13 +30,7 @@ def download_tile_task(store_cfg: StoreConfig, tile: Tile, year: int, cfg: Downl
 
 @flow(name="download-tiles")
 def download_tiles(config: RunConfig, tile_ids: list[str], overwrite: bool = False, show_progress: bool = False):
-    grid = TileStore.from_config(config.store).read_grid()
-    futures = {
-        download_tile_task.submit(config.store, grid[tile_id], year, config.download, overwrite): (tile_id, year)
-        for tile_id in tile_ids
-        for year in config.years
-    }
-    return collect(STAGE, futures, show_progress)
+    return submit_tiles(download_tile_task, STAGE, config, config.download, tile_ids, overwrite, show_progress)
 
 
 @flow(name="download")
@@ -47,8 +41,5 @@ def download_flow(
     scheduler_address: str | None = None,
     show_progress: bool = False,
 ) -> dict:
-    """Fill the store with every selected tile's bands and data masks, for each year of the config."""
-    _, tiles = prepare_stage(config, subset)
-    with task_runner(config, scheduler_address) as runner:
-        outcomes = download_tiles.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
-    return finish_stage(config, STAGE, outcomes)
+    """Fill the store with every selected tile's bands and masks, for each year of the config."""
+    return run_stage(config, subset, overwrite, scheduler_address, show_progress, STAGE, download_tiles)

@@ -1,6 +1,6 @@
 """The country run: every stage in pipeline order, on one Dask cluster.
 
-It grows as stages land: grid → download for now.
+It grows as stages land: grid → download → features for now.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from prefect import flow
 
 from flows.common import prepare_stage
 from flows.download import download_flow
+from flows.features import features_flow
 from lcms.cluster import dask_cluster
 from lcms.config import RunConfig, TileSubset
 
@@ -26,4 +27,7 @@ def run_flow(
         dask_cluster(config.cluster, work_dir) as cluster,
     ):
         address = cluster.scheduler_address
-        return [download_flow(config, subset, overwrite, scheduler_address=address, show_progress=show_progress)]
+        return [
+            stage_flow(config, subset, overwrite, scheduler_address=address, show_progress=show_progress)
+            for stage_flow in (download_flow, features_flow)
+        ]

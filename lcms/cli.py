@@ -44,12 +44,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from flows.common import TileFailures
+    from flows.common import StageInputError, TileFailures
     from lcms.config import ConfigError
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
 
-    return (ConfigError, AoiError, TileSelectionError, StoreError, TileFailures)
+    return (ConfigError, AoiError, TileSelectionError, StoreError, StageInputError, TileFailures)
 
 
 def _load(config_path: Path):
@@ -131,7 +131,8 @@ def grid(
 # Stage commands, in pipeline order: name → (flow entrypoint, help). Each takes the same options.
 STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run:run_flow", "Run the whole chain (grid, download, ...) over the AOI or a subset of it."),
-    "download": ("flows.download:download_flow", "Stage 1: bands and data masks for every tile and year."),
+    "download": ("flows.download:download_flow", "Stage 1: bands, cloud and valid masks for every tile and year."),
+    "features": ("flows.features:features_flow", "Stage 2: frame filter, indices, temporal interpolation."),
 }
 
 

@@ -301,6 +301,48 @@ class DownloadConfig(StrictModel):
     )
 
 
+FEATURE_INDICES = ("NDVI", "NDWI", "NDBI", "TC_BRIGHTNESS", "TC_GREENNESS", "TC_WETNESS")
+
+
+class DateGridConfig(StrictModel):
+    """The uniform dates that features are interpolated onto, the same for every tile of a year."""
+
+    start: str = Field("01-01", pattern=r"^\d{2}-\d{2}$", description="First date, MM-DD, in each year.")
+    end: str = Field("12-31", pattern=r"^\d{2}-\d{2}$", description="Last date (inclusive), MM-DD.")
+    step_days: int = Field(16, ge=1, le=366)
+
+
+class FeaturesConfig(StrictModel):
+    """Stage 2: cloudy-frame filter, spectral indices, temporal interpolation (or mosaics)."""
+
+    min_valid_coverage: float = Field(
+        0.8, ge=0, le=1, description="Frames with a smaller valid fraction are dropped (eo-learn example: 0.8)."
+    )
+    bands: list[str] = Field(
+        default_factory=lambda: ["B02", "B03", "B04", "B08", "B11", "B12"],
+        description="Bands kept as features, as reflectance.",
+    )
+    indices: list[Literal[FEATURE_INDICES]] = Field(default_factory=lambda: list(FEATURE_INDICES))
+    method: Literal["interpolation", "median_mosaic", "max_ndvi_mosaic"] = Field(
+        "interpolation", description="Linear interpolation onto the date grid, or a composite per period."
+    )
+    date_grid: DateGridConfig = Field(default_factory=DateGridConfig)
+    dtype: Literal["int16", "float32"] = Field("int16", description="int16 stores value × 10000.")
+    block_size: int = Field(256, ge=256, multiple_of=256)
+
+    @model_validator(mode="after")
+    def _some_features(self) -> FeaturesConfig:
+        if not self.bands and not self.indices:
+            raise ValueError("features: give at least one band or index")
+        if len(set(self.bands)) != len(self.bands) or len(set(self.indices)) != len(self.indices):
+            raise ValueError("features: bands and indices must not repeat")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [*self.bands, *self.indices]
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -326,6 +368,7 @@ class RunConfig(StrictModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     cluster: ClusterConfig = Field(default_factory=LocalClusterConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )
@@ -337,6 +380,18 @@ class RunConfig(StrictModel):
             raise ValueError(
                 "download.cloud_mask: s2cloudless needs the L1C bands (L2A has no B10); "
                 "download L1C, or set download.cloud_mask.method: none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _feature_bands_are_downloaded(self) -> RunConfig:
+        from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
+
+        available = L2A_BANDS if getattr(self.download.source, "collection", "L1C") == "L2A" else L1C_BANDS
+        unknown = [b for b in self.features.bands if b not in available]
+        if unknown:
+            raise ValueError(
+                f"features.bands {unknown} are not bands of the download source; choose from {list(available)}"
             )
         return self
 

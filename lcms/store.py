@@ -72,6 +72,17 @@ class ArraySpec:
     description: str
     chunks: Mapping[str, int] = field(default_factory=dict)  # dims not named: one chunk over the whole dim
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    # Other dtypes a stage may choose by config, each with its fill value and extra attributes.
+    alternatives: Mapping[str, tuple[Any, Mapping[str, Any]]] = field(default_factory=dict)
+
+    def choose(self, dtype: str | None) -> ArraySpec:
+        """This spec with `dtype` (one of its alternatives) instead of the default."""
+        if dtype is None or dtype == self.dtype:
+            return self
+        if dtype not in self.alternatives:
+            raise StoreError(f"{self.name} can be {[self.dtype, *self.alternatives]}, not {dtype}")
+        fill_value, attrs = self.alternatives[dtype]
+        return ArraySpec(self.name, self.dims, dtype, fill_value, self.description, self.chunks, attrs)
 
     def shape_for(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(sizes[d] for d in self.dims)
@@ -156,6 +167,40 @@ LAYOUTS: dict[str, StageLayout] = {
         ),
     ),
 }
+
+
+LAYOUTS["features"] = StageLayout(
+    "features",
+    (
+        ArraySpec(
+            "features",
+            ("time", "y", "x", "feature"),
+            "int16",
+            -32768,
+            "Features on the stage's date grid: reflectances, indices, tasselled cap",
+            chunks={**_SPATIAL, "feature": 1},
+            # CF packing: xarray decodes value = stored × scale_factor.
+            attrs={"scale_factor": 1e-4},
+            alternatives={"float32": (float("nan"), {})},
+        ),
+        ArraySpec(
+            "no_valid",
+            ("y", "x"),
+            "bool",
+            False,
+            "True where the pixel had no valid observation in the year: its features are fill values",
+            chunks=_SPATIAL,
+        ),
+        ArraySpec(
+            "valid_count",
+            ("y", "x"),
+            "uint16",
+            0,
+            "Number of valid observations the features were made from",
+            chunks=_SPATIAL,
+        ),
+    ),
+)
 
 
 def layout(stage: str) -> StageLayout:
@@ -353,9 +398,17 @@ class TileStore:
         params_hash: str,
         coords: Mapping[str, Any],
         attrs: Mapping[str, Any] | None = None,
+        dtypes: Mapping[str, str] | None = None,
     ) -> TileWriter:
-        """Start a new write attempt of one tile's stage output. Use it as a context manager."""
-        return TileWriter(self, layout(stage), str(year), tile_id, grid, params_hash, coords, dict(attrs or {}))
+        """Start a new write attempt of one tile's stage output. Use it as a context manager.
+
+        `dtypes` picks an allowed alternative dtype for some arrays (e.g. float32 features).
+        """
+        stage_layout = layout(stage)
+        if dtypes:
+            chosen = {a.name: a.choose(dtypes.get(a.name)) for a in stage_layout.arrays}
+            stage_layout = StageLayout(stage, tuple(chosen[a.name] for a in stage_layout.arrays))
+        return TileWriter(self, stage_layout, str(year), tile_id, grid, params_hash, coords, dict(attrs or {}))
 
     def _zarr_store(self, url: str, read_only: bool = False):
         if self.is_local:
@@ -385,11 +438,15 @@ def _is_spatial(spec: ArraySpec) -> bool:
     return set(SPATIAL_DIMS) <= set(spec.dims)
 
 
-def _read_region(array: zarr.Array, region: tuple[slice, slice] | None) -> np.ndarray:
-    if region is None:
-        return array[...]
-    rows, cols = region
-    return array[tuple(rows if d == "y" else cols if d == "x" else slice(None) for d in array.metadata.dimension_names)]
+def _read_region(array: zarr.Array, region: tuple[slice, slice] | None, select: Mapping[str, Any] | None = None):
+    """A spatial region, and optionally chosen indices along other dims (e.g. some bands or dates)."""
+    rows, cols = region if region is not None else (slice(None), slice(None))
+    select = select or {}
+    index = tuple(
+        rows if d == "y" else cols if d == "x" else np.asarray(select[d]) if d in select else slice(None)
+        for d in array.metadata.dimension_names
+    )
+    return array.get_orthogonal_selection(index) if select else array[index]
 
 
 def _protocols(fs) -> tuple[str, ...]:
@@ -586,9 +643,15 @@ class TileReader:
             return values.astype("datetime64[s]")
         return np.array([str(v) for v in values]) if values.dtype.kind in "OT" else values
 
-    def read(self, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
-        """Array `name`, whole or a spatial (rows, cols) region, in its stored dtype."""
-        return _read_region(self.group[name], region)
+    def read(
+        self, name: str, region: tuple[slice, slice] | None = None, select: Mapping[str, Any] | None = None
+    ) -> np.ndarray:
+        """Array `name`, whole or a spatial (rows, cols) region, in its stored dtype.
+
+        `select` picks integer indices along other dims, e.g. {"band": [3, 7], "time": kept},
+        so that only those chunks are read.
+        """
+        return _read_region(self.group[name], region, select)
 
     @property
     def attrs(self) -> dict:

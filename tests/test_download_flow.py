@@ -175,13 +175,13 @@ class TestFlows:
         rerun = download_flow(cfg)
         assert (rerun["done"], rerun["skipped"]) == (1, 1)
 
-    def test_the_run_flow_builds_the_grid_then_downloads(self, tmp_path):
+    def test_the_run_flow_builds_the_grid_then_runs_the_stages(self, tmp_path):
         from flows.run import run_flow
 
         cfg = small_config(tmp_path, years=[2023, 2024])
         summaries = run_flow(cfg)
-        assert [s["stage"] for s in summaries] == ["download"]
-        assert summaries[0]["done"] == 4
+        assert [s["stage"] for s in summaries] == ["download", "features"]
+        assert summaries[0]["done"] == 4 and summaries[1]["done"] == 4
         store = TileStore.from_config(cfg.store)
         assert len(store.read_grid()) == 2
         assert len(store.done_tiles("download", 2024)) == 2
@@ -214,6 +214,7 @@ def test_cli_runs_the_chain_on_ephemeral_prefect(tmp_path):
     run = subprocess.run([*lcms, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "download: 2 done, 0 skipped, 0 failed of 2 tile-years" in run.stdout
+    assert "features: 2 done, 0 skipped, 0 failed of 2 tile-years" in run.stdout
 
     status = subprocess.run([*lcms, "status", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert "2 / 2" in status.stdout

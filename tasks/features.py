@@ -1,0 +1,92 @@
+"""Features stage, tile level: from the download stage's bands and masks to ML-ready features.
+
+Plain functions, no Prefect: the flow in flows/features.py wraps them. Per tile and year:
+
+1. frame filter: frames whose valid coverage is below `min_valid_coverage` are dropped
+   (they are never read: the store reads only the kept frames and the needed bands);
+2. per spatial block: reflectances and indices (tasks/indices.py), then linear
+   interpolation onto the year's date grid, or a composite per period (tasks/temporal.py);
+3. the block is packed (int16 = value × 10000, or float32) and written; pixels without
+   any valid observation are marked in `no_valid`.
+
+The date grid depends only on the year and the config, so features line up country-wide.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from lcms.config import FeaturesConfig, params_hash
+from lcms.grid import Tile
+from lcms.store import DoneRecord, TileStore
+from tasks.indices import INDEX_BANDS, check_features, feature_stack
+from tasks.temporal import composite, date_grid, interpolate
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+INPUT_STAGE = "download"
+INT16_SCALE = 10_000
+INT16_FILL = -32768
+
+
+def features_params_hash(cfg: FeaturesConfig, tile: Tile, year: int, download_hash: str) -> str:
+    """The features depend on their settings, the tile, the year and the download they were made from."""
+    return params_hash(cfg, tile.grid.to_attrs(), year, download_hash)
+
+
+def pack(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 features → the stored dtype: int16 (× 10000, rounded, clipped; NaN → fill) or float32."""
+    if dtype == "float32":
+        return values.astype(np.float32, copy=False)
+    missing = np.isnan(values)
+    scaled = np.rint(values * np.float32(INT16_SCALE))
+    np.clip(scaled, -32767, 32767, out=scaled)
+    scaled[missing] = INT16_FILL
+    return scaled.astype(np.int16)
+
+
+def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) -> DoneRecord:
+    """Make and store one tile-year of features; done only when every block is written."""
+    download = store.open_tile(INPUT_STAGE, year, tile.tile_id)
+    band_names = list(download.coord("band"))
+    names = cfg.feature_names
+    check_features(band_names, names)
+
+    coverage = download.read("valid_coverage")
+    kept = np.flatnonzero(coverage >= cfg.min_valid_coverage)
+    times = download.coord("time")[kept]
+    if not len(kept):
+        log.warning(
+            "tile %s %s: no frame has valid coverage >= %s: every pixel is marked no_valid",
+            tile.tile_id,
+            year,
+            cfg.min_valid_coverage,
+        )
+    # Read only the bands the features need (bands are chunked one per band).
+    needed = [b for b in band_names if b in set(cfg.bands) | {x for i in cfg.indices for x in INDEX_BANDS[i]}]
+    if cfg.method == "max_ndvi_mosaic":
+        needed = sorted(set(needed) | set(INDEX_BANDS["NDVI"]), key=band_names.index)
+    band_index = [band_names.index(b) for b in needed]
+
+    targets = date_grid(year, cfg.date_grid)
+    coords = {"time": targets, "feature": np.array(names)}
+    tile_hash = features_params_hash(cfg, tile, year, download.record.params_hash)
+    attrs = {"method": cfg.method, "frames_kept": int(len(kept)), "frames_total": int(len(coverage))}
+    with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs, {"features": cfg.dtype}) as w:
+        for region, _ in tile.grid.blocks(cfg.block_size):
+            bands = download.read("bands", region, {"time": kept, "band": band_index})
+            valid = download.read("valid_mask", region, {"time": kept})
+            values = feature_stack(bands, needed, names)
+            if cfg.method == "interpolation":
+                out, no_valid = interpolate(values, times, valid, targets)
+            else:
+                method = "median" if cfg.method == "median_mosaic" else "max_ndvi"
+                ndvi = feature_stack(bands, needed, ["NDVI"])[..., 0] if method == "max_ndvi" else None
+                out, no_valid = composite(values, times, valid, targets, method, ndvi)
+            w.write("features", pack(out, cfg.dtype), region)
+            w.write("no_valid", no_valid, region)
+            w.write("valid_count", valid.sum(axis=0, dtype=np.uint16), region)
+        return w.commit(extra=attrs)

@@ -154,7 +154,8 @@ def test_bad_aoi_inputs(tmp_path):
         load_aoi(AoiConfig(path=str(empty)))
 
     # A shapefile without its .prj has no CRS.
-    gpd.GeoDataFrame(geometry=[box(14, 46, 14.1, 46.1)]).to_file(tmp_path / "nocrs.shp")
+    with pytest.warns(UserWarning, match="'crs' was not provided"):
+        gpd.GeoDataFrame(geometry=[box(14, 46, 14.1, 46.1)]).to_file(tmp_path / "nocrs.shp")
     with pytest.raises(AoiError, match="has no CRS"):
         load_aoi(AoiConfig(path=str(tmp_path / "nocrs.shp")))
     assert load_aoi(AoiConfig(path=str(tmp_path / "nocrs.shp"), assume_crs="EPSG:4326")).area > 0

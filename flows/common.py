@@ -102,7 +102,8 @@ def select_tiles(grid: AreaGrid, subset: TileSubset) -> AreaGrid:
 
 def require_inputs(store: TileStore, input_stage: str, stage: str, tile_ids: list[str], years: list[int]) -> None:
     """Fail before any work when `input_stage` is not done for every selected tile-year."""
-    missing = [f"{t}/{y}" for y in years for t in tile_ids if t not in store.done_tiles(input_stage, y)]
+    done = {year: store.done_tiles(input_stage, year) for year in years}  # one listing per year
+    missing = [f"{t}/{y}" for y in years for t in tile_ids if t not in done[y]]
     if missing:
         shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
         raise StageInputError(

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import FeaturesConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
-from lcms.store import TileStore
+from lcms.store import StoreError, TileStore
 from tasks.features import INPUT_STAGE, STAGE, features_params_hash, features_tile
 
 
@@ -18,7 +18,10 @@ from tasks.features import INPUT_STAGE, STAGE, features_params_hash, features_ti
 def features_tile_task(store_cfg: StoreConfig, tile: Tile, year: int, cfg: FeaturesConfig, overwrite: bool) -> dict:
     store = TileStore.from_config(store_cfg)
     # The hash includes the download it reads, so a redone download makes features stale.
-    download_hash = store.done_record(INPUT_STAGE, year, tile.tile_id).params_hash
+    download = store.done_record(INPUT_STAGE, year, tile.tile_id)
+    if download is None:
+        raise StoreError(f"tile {tile.tile_id} has no finished {INPUT_STAGE} output for {year}; run that stage first")
+    download_hash = download.params_hash
     return run_tile(
         STAGE,
         store,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared eo-learn venv helper, also when loaded by path in tests
+from eolearn_env import ensure_eolearn_venv, peak_rss_mib  # noqa: E402
+
 REPO = HERE.parent
 ORIGIN = (460_000.0, 5_100_000.0)  # upper-left corner in UTM 33N (EPSG:32633)
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- workers (one per subprocess)
@@ -58,7 +56,7 @@ def _worker_lcms(folder: Path, analysis_m: float, out: Path) -> dict:
     )
     seconds = time.perf_counter() - t0
     np.save(out, mask)
-    return {"seconds": seconds, "peak_rss_mib": _peak_rss_mib()}
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
 def _worker_eolearn(folder: Path, processing_m: float, out: Path) -> dict:
@@ -110,22 +108,10 @@ def _worker_eolearn(folder: Path, processing_m: float, out: Path) -> dict:
         mask = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_NEAREST) for c in coarse]).astype(bool)
     seconds_taken = time.perf_counter() - t0
     np.save(out, mask)
-    return {"seconds": seconds_taken, "peak_rss_mib": _peak_rss_mib()}
+    return {"seconds": seconds_taken, "peak_rss_mib": peak_rss_mib()}
 
 
 # --------------------------------------------------------------------------- driver
-
-
-def _ensure_eolearn_venv(venv: Path) -> Path:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating {venv} (eo-learn 1.5.7) ...", flush=True)
-        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-        (venv / ".gitignore").write_text("*\n")  # keep the venv out of git
-        pip = [str(venv / "bin" / "pip"), "install", "-q"]
-        if subprocess.run([*pip, "eo-learn[extra]==1.5.7"]).returncode != 0:
-            subprocess.run([*pip, "eo-learn==1.5.7", "s2cloudless"], check=True)
-    return python
 
 
 def _run(python: Path, worker: str, folder: Path, res: float, out: Path) -> dict:
@@ -181,7 +167,7 @@ def main() -> None:
 
         methods = [("LCMS 160 m (default)", "lcms", 160.0), ("LCMS 10 m", "lcms", 10.0)]
         if not args.skip_eolearn:
-            eo_python = _ensure_eolearn_venv(args.eolearn_venv)
+            eo_python = ensure_eolearn_venv(args.eolearn_venv)
             methods.append(("eo-learn 160 m (resized)", "eolearn", 160.0))
             if not args.skip_eolearn_10m:
                 methods.append(("eo-learn 10 m (defaults)", "eolearn", 10.0))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,14 +37,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shared eo-learn venv helper, also when loaded by path in tests
+from eolearn_env import ensure_eolearn_venv, peak_rss_mib  # noqa: E402
+
 REPO = HERE.parent
 SINGLE_THREAD = {
     name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 }
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- workers (one per subprocess)
@@ -70,7 +68,7 @@ def _worker_lcms(folder: Path, out: Path, repeats: int) -> dict:
         result, _ = interpolate(values, times, valid, targets)
         runs.append(time.perf_counter() - t0)
     np.save(out, result)
-    return {"seconds": min(runs), "first_seconds": runs[0], "peak_rss_mib": _peak_rss_mib()}
+    return {"seconds": min(runs), "first_seconds": runs[0], "peak_rss_mib": peak_rss_mib()}
 
 
 def _eolearn_patch(values, valid, times):
@@ -127,25 +125,12 @@ def _worker_eolearn(folder: Path, out: Path, repeats: int) -> dict:
     return {
         "seconds": min(runs),
         "first_seconds": runs[0],
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "compile_seconds": compile_seconds,
     }
 
 
 # --------------------------------------------------------------------------- driver (also used by the tests)
-
-
-def ensure_eolearn_venv(venv: Path = HERE / ".venv-eolearn") -> Path:
-    """The eo-learn 1.5.7 venv's python, created as benchmarks/cloud_mask.py does if missing."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating {venv} (eo-learn 1.5.7) ...", flush=True)
-        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-        (venv / ".gitignore").write_text("*\n")  # keep the venv out of git
-        pip = [str(venv / "bin" / "pip"), "install", "-q"]
-        if subprocess.run([*pip, "eo-learn[extra]==1.5.7"]).returncode != 0:
-            subprocess.run([*pip, "eo-learn==1.5.7", "s2cloudless"], check=True)
-    return python
 
 
 def run_worker(python: Path, worker: str, folder: Path, out: Path, repeats: int = 1) -> dict:

@@ -201,3 +201,29 @@ def test_flows_chain_download_and_features_and_refuse_missing_inputs(tmp_path):
     # A changed feature setting redoes the tile.
     changed = small_run(tmp_path, date_grid={"step_days": 10})
     assert features_flow(changed)["done"] == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_whole_chain_runs_on_an_s3_store(tmp_path, s3_bucket, s3_endpoint):
+    from flows.run import run_flow
+
+    cfg = small_run(tmp_path).model_copy(
+        update={
+            "store": parse_config(
+                {
+                    "name": "x",
+                    "aoi": {"bbox": [14, 46, 14.1, 46.1]},
+                    "years": [2023],
+                    "store": {"url": f"{s3_bucket}/lcms", "storage_options": {"endpoint_url": s3_endpoint}},
+                }
+            ).store
+        }
+    )
+    summaries = run_flow(cfg)
+    assert [(s["stage"], s["done"], s["failed"]) for s in summaries] == [("download", 1, 0), ("features", 1, 0)]
+    store = TileStore.from_config(cfg.store)
+    assert store.url.startswith("s3://")
+    tile_id = store.read_grid().tile_ids[0]
+    ds = store.open_dataset("features", 2023, tile_id)
+    assert ds.rio.crs.to_epsg() == 32633 and ds.sizes["time"] == 23
+    assert not (tmp_path / "store").exists()

@@ -17,14 +17,14 @@ from tasks.temporal import date_grid
 B04, B08 = L1C_BANDS.index("B04"), L1C_BANDS.index("B08")
 
 
-def small_run(tmp_path, **features):
+def small_run(tmp_path, store=None, **features):
     return parse_config(
         {
             "name": "features-test",
             "aoi": {"bbox": [460_000, 5_090_000, 462_500, 5_092_500], "bbox_crs": "EPSG:32633"},
             "years": [2023],
             "grid": {"tile_size_m": 2500, "buffer_m": 50},
-            "store": {"url": str(tmp_path / "store")},
+            "store": store or {"url": str(tmp_path / "store")},
             "download": {"source": {"seed": 5, "dates_per_year": 30, "cloud_cover": 0.4}, "block_size": 256},
             "features": {"block_size": 256, **features},
         }
@@ -207,18 +207,8 @@ def test_flows_chain_download_and_features_and_refuse_missing_inputs(tmp_path):
 def test_the_whole_chain_runs_on_an_s3_store(tmp_path, s3_bucket, s3_endpoint):
     from flows.run import run_flow
 
-    cfg = small_run(tmp_path).model_copy(
-        update={
-            "store": parse_config(
-                {
-                    "name": "x",
-                    "aoi": {"bbox": [14, 46, 14.1, 46.1]},
-                    "years": [2023],
-                    "store": {"url": f"{s3_bucket}/lcms", "storage_options": {"endpoint_url": s3_endpoint}},
-                }
-            ).store
-        }
-    )
+    s3_store = {"url": f"{s3_bucket}/lcms", "storage_options": {"endpoint_url": s3_endpoint}}
+    cfg = small_run(tmp_path, store=s3_store)
     summaries = run_flow(cfg)
     assert [(s["stage"], s["done"], s["failed"]) for s in summaries] == [("download", 1, 0), ("features", 1, 0)]
     store = TileStore.from_config(cfg.store)

@@ -1,6 +1,6 @@
 """The country run: every stage in pipeline order, on one Dask cluster.
 
-It grows as stages land: grid → download → features for now.
+It grows as stages land: grid → download → features → reference (when configured) for now.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from prefect import flow
 from flows.common import prepare_stage
 from flows.download import download_flow
 from flows.features import features_flow
+from flows.reference import reference_flow
 from lcms.cluster import dask_cluster
 from lcms.config import RunConfig, TileSubset
 
@@ -27,7 +28,10 @@ def run_flow(
         dask_cluster(config.cluster, work_dir) as cluster,
     ):
         address = cluster.scheduler_address
+        stages = [download_flow, features_flow]
+        if config.reference.path is not None:  # the reference stage needs ground truth
+            stages.append(reference_flow)
         return [
             stage_flow(config, subset, overwrite, scheduler_address=address, show_progress=show_progress)
-            for stage_flow in (download_flow, features_flow)
+            for stage_flow in stages
         ]

@@ -48,8 +48,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lcms.config import ConfigError
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
+    from tasks.reference import ReferenceError
 
-    return (ConfigError, AoiError, TileSelectionError, StoreError, StageInputError, TileFailures)
+    return (ConfigError, AoiError, TileSelectionError, StoreError, StageInputError, TileFailures, ReferenceError)
 
 
 def _load(config_path: Path):
@@ -133,6 +134,7 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run:run_flow", "Run the whole chain (grid, download, ...) over the AOI or a subset of it."),
     "download": ("flows.download:download_flow", "Stage 1: bands, cloud and valid masks for every tile and year."),
     "features": ("flows.features:features_flow", "Stage 2: frame filter, indices, temporal interpolation."),
+    "reference": ("flows.reference:reference_flow", "Stage 3: reference polygons rasterised per tile, eroded."),
 }
 
 

@@ -39,7 +39,7 @@ def _local_cluster(cfg: LocalClusterConfig, work_dir: Path):
         processes=cfg.processes,
         memory_limit=cfg.memory_limit,
         local_directory=str(work_dir),
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: runs side by side never clash over 8787
     )
 
 

@@ -343,6 +343,35 @@ class FeaturesConfig(StrictModel):
         return [*self.bands, *self.indices]
 
 
+class LegendEntryConfig(StrictModel):
+    code: int = Field(..., ge=1, le=255)
+    name: str = Field(..., min_length=1)
+    color: str = Field("#808080", pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class ReferenceConfig(StrictModel):
+    """Stage 3: ground-truth polygons rasterised onto each tile's grid, with a negative buffer."""
+
+    path: str | None = Field(None, description="GeoPackage, GeoJSON, Shapefile or GeoParquet, local or s3://, any CRS.")
+    class_column: str = Field("LULC_ID", min_length=1)
+    legend: list[LegendEntryConfig] | None = Field(
+        None, description="Classes (code 1..255); default: eo-learn's LULC legend. 0 is always no data."
+    )
+    mapping: dict[str, int] | None = Field(
+        None, description="Source values (names or numbers) → legend codes, e.g. crop names → crop codes."
+    )
+    erosion_px: int = Field(1, ge=0, description="Negative buffer: class borders eroded by this many pixels.")
+
+    _resolve = field_validator("path")(_resolve_path)
+
+    @field_validator("legend")
+    @classmethod
+    def _unique_codes(cls, legend):
+        if legend is not None and len({e.code for e in legend}) != len(legend):
+            raise ValueError("legend codes must not repeat")
+        return legend
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -369,6 +398,7 @@ class RunConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=LocalClusterConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )

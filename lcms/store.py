@@ -203,6 +203,22 @@ LAYOUTS["features"] = StageLayout(
 )
 
 
+LAYOUTS["reference"] = StageLayout(
+    "reference",
+    (
+        ArraySpec("labels", ("y", "x"), "uint8", 0, "Reference class codes; 0 = no data", chunks=_SPATIAL),
+        ArraySpec(
+            "labels_eroded",
+            ("y", "x"),
+            "uint8",
+            0,
+            "Reference class codes after the negative buffer: the pixels to sample",
+            chunks=_SPATIAL,
+        ),
+    ),
+)
+
+
 def layout(stage: str) -> StageLayout:
     if stage not in LAYOUTS:
         raise StoreError(f"unknown stage {stage!r}; known stages: {sorted(LAYOUTS)}")

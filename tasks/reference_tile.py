@@ -1,0 +1,68 @@
+"""Reference stage, tile level: ground-truth polygons rasterised onto a tile, then eroded.
+
+Plain functions, no Prefect: the flow in flows/reference.py wraps them. The polygons are
+read once per process (cached by path and settings), not once per tile.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import fsspec
+import geopandas as gpd
+
+from lcms.config import ReferenceConfig, params_hash
+from lcms.grid import Tile
+from lcms.legend import LULC_LEGEND, LegendClass
+from lcms.store import DoneRecord, TileStore
+from tasks.reference import erode_labels, load_reference, rasterize_reference
+
+STAGE = "reference"
+
+
+def legend_of(cfg: ReferenceConfig) -> tuple[LegendClass, ...]:
+    if cfg.legend is None:
+        return LULC_LEGEND
+    return (LULC_LEGEND[0], *(LegendClass(e.code, e.name, e.color) for e in cfg.legend))
+
+
+def reference_version(cfg: ReferenceConfig, storage_options: dict | None = None) -> dict:
+    """Size and modification time of the reference file: a changed file makes tiles stale."""
+    fs, path = fsspec.core.url_to_fs(cfg.path, **(storage_options or {}))
+    info = fs.info(path)
+    return {
+        "size": info.get("size"),
+        "mtime": str(info.get("mtime") or info.get("LastModified") or info.get("created")),
+    }
+
+
+def reference_params_hash(cfg: ReferenceConfig, tile: Tile, year: int, version: dict) -> str:
+    return params_hash(cfg, tile.grid.to_attrs(), year, version)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(cfg_json: str, options_json: str) -> gpd.GeoDataFrame:
+    cfg = ReferenceConfig.model_validate_json(cfg_json)
+    mapping = dict(cfg.mapping) if cfg.mapping else None
+    return load_reference(cfg.path, cfg.class_column, legend_of(cfg), mapping, json.loads(options_json) or None)
+
+
+def reference_polygons(cfg: ReferenceConfig, storage_options: dict | None = None) -> gpd.GeoDataFrame:
+    """The reference polygons as `load_reference` returns them, read once per process."""
+    return _load_cached(cfg.model_dump_json(), json.dumps(storage_options or {}, sort_keys=True))
+
+
+def reference_tile(store: TileStore, tile: Tile, year: int, cfg: ReferenceConfig, version: dict) -> DoneRecord:
+    """Rasterise and erode the reference on one tile; a tile outside the reference gets all no data."""
+    polygons = reference_polygons(cfg, store.storage_options)
+    labels = rasterize_reference(polygons, tile.grid)
+    eroded = erode_labels(labels, cfg.erosion_px) if cfg.erosion_px else labels.copy()
+    tile_hash = reference_params_hash(cfg, tile, year, version)
+    attrs = {"legend": [c.__dict__ for c in legend_of(cfg)], "source": cfg.path}
+    with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, {}, attrs) as writer:
+        writer.write("labels", labels)
+        writer.write("labels_eroded", eroded)
+        return writer.commit(
+            extra={"labelled_pixels": int((labels > 0).sum()), "after_erosion": int((eroded > 0).sum())}
+        )

@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Run the whole chain on the embedded demo: synthetic AOI, local store, LocalCluster, ephemeral Prefect.
 demo: $(VENV)/.installed
+	$(VENV)/bin/lcms synthetic-reference examples/demo.yaml --fraction 0.6
 	$(VENV)/bin/lcms run examples/demo.yaml
 
 test: $(VENV)/.installed

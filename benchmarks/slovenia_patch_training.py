@@ -1,40 +1,44 @@
-"""Land-cover classification on the real Slovenia test patch, with a spatially held-out half.
+"""Land-cover classification on the real Slovenia test patch, through the stages, east half held out.
 
-    python benchmarks/slovenia_patch_training.py [--out /tmp/lcms-slovenia-model]
+    python benchmarks/slovenia_patch_training.py [--store /tmp/lcms-slovenia-store] [--year 2017]
 
-The issue-5 experiment, run with the tile-level modules directly (the stages that will
-wire them together are not built yet):
+The issue-5 experiment, run through the store-backed stage tasks (no Prefect needed):
 
-1. features: the patch's 2017 NDVI frames (eopatch/data/NDVI.npy) with valid = IS_DATA and
-   not CLM, frames with valid coverage >= 0.8, interpolated onto the 16-day 2017 grid
-   (tasks/temporal.py);
-2. reference: vector_timeless/LULC.gpkg rasterised onto the patch grid and eroded by 1 px
-   (tasks/reference.py);
-3. samples: every labelled pixel; the west half of the patch trains (with a validation
-   share for early stopping), the east half tests (tasks/sampling.py);
-4. LightGBM with early stopping, then metrics and plots in --out (tasks/training.py).
-It prints OA, kappa and per-class F1 on the held-out east half.
+1. features: the patch's NDVI frames of the year (eopatch/data/NDVI.npy) with valid = IS_DATA and
+   not CLM, frames with valid coverage >= 0.8, interpolated onto the 16-day grid of the year
+   (tasks/temporal.py), written to the store as the features stage writes them (int16);
+2. reference stage: vector_timeless/LULC.gpkg rasterised onto the patch grid, eroded by 1 px;
+3. sampling stage: every eligible pixel (fraction 1);
+4. merge stage, split `halves`: the west half trains (10 % of all samples held back for early
+   stopping), the east half tests;
+5. training stage: LightGBM with early stopping, metrics and plots in the store.
+It prints OA, kappa and per-class F1 on the held-out east half, and where the model is stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lcms.config import DateGridConfig
+from lcms.config import DateGridConfig, MergeConfig, ReferenceConfig, SamplingConfig, TrainingConfig
 from lcms.geometry import PixelGrid
-from lcms.legend import LULC_LEGEND
-from tasks.reference import erode_labels, load_reference, rasterize_reference
-from tasks.sampling import feature_columns, gather_samples, sample_pixels, split_halves
+from lcms.grid import Tile
+from lcms.store import TileStore
+from tasks.features import pack
+from tasks.merge import merge_samples
+from tasks.reference_tile import reference_tile, reference_version
+from tasks.sampling_tile import sampling_tile
 from tasks.temporal import date_grid, interpolate
-from tasks.training import evaluate, metrics_markdown, save_model, train_model
+from tasks.training import metrics_markdown
+from tasks.training_stage import training_stage
 
 PATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "slovenia-testpatch" / "eopatch"
-YEAR = 2017
+TILE_ID = "33N_patch"
 
 
 def patch_grid() -> PixelGrid:
@@ -48,48 +52,52 @@ def patch_grid() -> PixelGrid:
     )
 
 
+def patch_features(year: int, min_valid_coverage: float = 0.8):
+    """NDVI of the year's frames with enough valid pixels, interpolated: (values, no_valid, dates, frames kept)."""
+    times = np.array(json.loads((PATCH / "timestamps.json").read_text()), dtype="datetime64[s]")
+    in_year = times.astype("datetime64[Y]") == np.datetime64(str(year), "Y")
+    valid = (np.load(PATCH / "mask" / "IS_DATA.npy") & ~np.load(PATCH / "mask" / "CLM.npy").astype(bool))[..., 0]
+    kept = in_year & (valid.astype(bool).mean(axis=(1, 2)) >= min_valid_coverage)
+    targets = date_grid(year, DateGridConfig())
+    ndvi = np.load(PATCH / "data" / "NDVI.npy")[kept].astype(np.float32)
+    values, no_valid = interpolate(ndvi, times[kept], valid[kept].astype(bool), targets)
+    return values, no_valid, targets, int(kept.sum()), valid[kept].sum(axis=0).astype(np.uint16)
+
+
+def write_patch_inputs(store: TileStore, tile: Tile, year: int) -> int:
+    """Features and reference of the patch in the store, as those stages write them; returns frames kept."""
+    values, no_valid, targets, n_kept, valid_count = patch_features(year)
+    coords = {"time": targets, "feature": np.array(["NDVI"])}
+    with store.writer("features", year, tile.tile_id, tile.grid, f"eopatch-ndvi-{year}", coords) as writer:
+        writer.write("features", pack(values, "int16"))
+        writer.write("no_valid", no_valid)
+        writer.write("valid_count", valid_count)
+    reference = ReferenceConfig(path=str(PATCH / "vector_timeless" / "LULC.gpkg"), class_column="LULC_ID")
+    reference_tile(store, tile, year, reference, reference_version(reference))
+    return n_kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/lcms-slovenia-model"))
-    parser.add_argument("--min-valid-coverage", type=float, default=0.8)
+    parser.add_argument("--store", type=Path, default=Path("/tmp/lcms-slovenia-store"))
+    parser.add_argument("--year", type=int, default=2017)
     args = parser.parse_args()
 
-    times = np.array(json.loads((PATCH / "timestamps.json").read_text()), dtype="datetime64[s]")
-    in_year = (times >= np.datetime64(f"{YEAR}-01-01")) & (times < np.datetime64(f"{YEAR + 1}-01-01"))
-    ndvi = np.load(PATCH / "data" / "NDVI.npy")[in_year]
-    valid = (np.load(PATCH / "mask" / "IS_DATA.npy") & ~np.load(PATCH / "mask" / "CLM.npy").astype(bool))[in_year]
-    valid = valid[..., 0].astype(bool)
-    kept = valid.mean(axis=(1, 2)) >= args.min_valid_coverage
-    targets = date_grid(YEAR, DateGridConfig())
-    features, no_valid = interpolate(ndvi[kept].astype(np.float32), times[in_year][kept], valid[kept], targets)
-    print(f"{YEAR}: {in_year.sum()} frames, {kept.sum()} kept (valid coverage >= {args.min_valid_coverage})")
-
+    shutil.rmtree(args.store, ignore_errors=True)
+    store = TileStore(str(args.store))
     grid = patch_grid()
-    reference = load_reference(str(PATCH / "vector_timeless" / "LULC.gpkg"), "LULC_ID", LULC_LEGEND)
-    labels = erode_labels(rasterize_reference(reference, grid), radius_px=1)
-    pixels = sample_pixels(labels, fraction=1.0, exclude=no_valid)
-    X, y = gather_samples(features, labels, pixels)
-    columns = feature_columns(targets, ["NDVI"])
+    tile = Tile(TILE_ID, grid, grid.bounds)
+    n_kept = write_patch_inputs(store, tile, args.year)
+    print(f"{args.year}: {n_kept} frames with valid coverage >= 0.8")
 
-    halves = split_halves(pixels % grid.width, grid.width)
-    train = halves["train"]
-    # Early stopping needs its own data: every 5th training sample of the west half.
-    val = train & (np.arange(len(y)) % 5 == 0)
-    fit = train & ~val
+    sampling_tile(store, tile, args.year, SamplingConfig(fraction=1.0))
+    merge_samples(store, [TILE_ID], [args.year], {TILE_ID: grid.width}, MergeConfig(split="halves"), 100)
     t0 = time.perf_counter()
-    booster = train_model(X[fit], y[fit], X[val], y[val], columns, seed=0)
+    record, metrics = training_stage(store, "land-cover", TrainingConfig())
     seconds = time.perf_counter() - t0
-    classes = booster.lcms_classes
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_model(booster, args.out, LULC_LEGEND, classes, {"data": "Slovenia test patch 2017 NDVI, west half"})
-    metadata = json.loads((args.out / "model.json").read_text())
-    test = halves["test"] & np.isin(y, classes)
-    metrics = evaluate(booster, metadata, X[test], y[test], args.out, y_train=y[fit])
-    print(
-        f"samples: {fit.sum()} train, {val.sum()} validation, {test.sum()} test (east half); trained in {seconds:.2f} s"
-    )
+    print(f"samples: {metrics['samples']} (test = east half); training stage {seconds:.2f} s")
     print(metrics_markdown(metrics))
-    print(f"metrics and plots in {args.out}")
+    print(f"model, metrics and plots: {store.url}/training/land-cover/{record.attempt}/")
 
 
 if __name__ == "__main__":

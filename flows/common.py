@@ -154,11 +154,11 @@ def run_stage(
     show_progress: bool,
     stage: str,
     tiles_flow,
-    input_stage: str | None = None,
+    input_stages: tuple[str, ...] = (),
 ) -> dict:
     """The body of every outer stage flow: checks, cluster, the inner per-tile flow, the report."""
     store, tiles = prepare_stage(config, subset)
-    if input_stage is not None:
+    for input_stage in input_stages:
         require_inputs(store, input_stage, stage, tiles.tile_ids, config.years)
     with task_runner(config, scheduler_address) as runner:
         outcomes = tiles_flow.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)

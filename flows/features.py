@@ -48,5 +48,5 @@ def features_flow(
 ) -> dict:
     """Features for every selected tile and year, from the download stage's output."""
     return run_stage(
-        config, subset, overwrite, scheduler_address, show_progress, STAGE, features_tiles, input_stage=INPUT_STAGE
+        config, subset, overwrite, scheduler_address, show_progress, STAGE, features_tiles, input_stages=(INPUT_STAGE,)
     )

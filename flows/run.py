@@ -1,6 +1,7 @@
 """The country run: every stage in pipeline order, on one Dask cluster.
 
-It grows as stages land: grid → download → features → reference (when configured) for now.
+It grows as stages land: grid → download → features, then, when a reference is configured,
+reference → sampling → merge → training.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from prefect import flow
 from flows.common import prepare_stage
 from flows.download import download_flow
 from flows.features import features_flow
+from flows.merge import merge_flow
 from flows.reference import reference_flow
+from flows.sampling import sampling_flow
+from flows.training import training_flow
 from lcms.cluster import dask_cluster
 from lcms.config import RunConfig, TileSubset
 
@@ -29,9 +33,16 @@ def run_flow(
     ):
         address = cluster.scheduler_address
         stages = [download_flow, features_flow]
-        if config.reference.path is not None:  # the reference stage needs ground truth
-            stages.append(reference_flow)
+        if config.reference.path is not None:  # the model stages need ground truth
+            stages += [reference_flow, sampling_flow, merge_flow, training_flow]
         return [
-            stage_flow(config, subset, overwrite, scheduler_address=address, show_progress=show_progress)
+            # The model learns from everything merged: the subset chose the merged tiles already.
+            stage_flow(
+                config,
+                TileSubset() if stage_flow is training_flow else subset,
+                overwrite,
+                scheduler_address=address,
+                show_progress=show_progress,
+            )
             for stage_flow in stages
         ]

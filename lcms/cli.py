@@ -48,9 +48,21 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lcms.config import ConfigError
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
+    from tasks.merge import MergeError
     from tasks.reference import ReferenceError
+    from tasks.training_stage import TrainingError
 
-    return (ConfigError, AoiError, TileSelectionError, StoreError, StageInputError, TileFailures, ReferenceError)
+    return (
+        ConfigError,
+        AoiError,
+        TileSelectionError,
+        StoreError,
+        StageInputError,
+        TileFailures,
+        ReferenceError,
+        MergeError,
+        TrainingError,
+    )
 
 
 def _load(config_path: Path):
@@ -129,12 +141,57 @@ def grid(
     console.print(table)
 
 
+@app.command("synthetic-reference")
+def synthetic_reference(
+    config: ConfigArg,
+    year: Annotated[
+        int | None, typer.Option("--year", help="Land cover of this year; default: the first year.")
+    ] = None,
+    fraction: Annotated[float, typer.Option("--fraction", help="Share of the polygons to keep (0-1].")] = 1.0,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="GeoPackage to write; default: reference.path.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Write the synthetic source's own land cover as reference polygons (for demos and tests)."""
+    from flows.common import load_grid
+    from lcms.config import SyntheticSourceConfig
+    from lcms.store import TileStore
+    from tasks.synthetic import SyntheticScene, area_reference_polygons
+
+    cfg = _load(config)
+    source = cfg.download.source
+    if not isinstance(source, SyntheticSourceConfig):
+        raise _fail(f"download.source is {source.kind!r}: synthetic reference polygons need the synthetic source")
+    target = output or (Path(cfg.reference.path) if cfg.reference.path else None)
+    if target is None:
+        raise _fail("give --output, or set reference.path in the config")
+    if not 0 < fraction <= 1:
+        raise _fail(f"--fraction must be in (0, 1], got {fraction}", code=2)
+    if target.exists() and not overwrite:
+        # Rewriting would change the file's mtime and make every later stage stale.
+        console.print(f"{target} exists, kept (use --overwrite to replace it)")
+        return
+    try:
+        area_grid = load_grid(cfg, TileStore.from_config(cfg.store))
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    scene = SyntheticScene(**source.model_dump(exclude={"kind"}))
+    polygons = area_reference_polygons(scene, [t.grid for t in area_grid], year or cfg.years[0], fraction)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    polygons.to_file(target, driver="GPKG")
+    console.print(f"{len(polygons)} reference polygons of {year or cfg.years[0]} written to {target}")
+
+
 # Stage commands, in pipeline order: name → (flow entrypoint, help). Each takes the same options.
 STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run:run_flow", "Run the whole chain (grid, download, ...) over the AOI or a subset of it."),
     "download": ("flows.download:download_flow", "Stage 1: bands, cloud and valid masks for every tile and year."),
     "features": ("flows.features:features_flow", "Stage 2: frame filter, indices, temporal interpolation."),
     "reference": ("flows.reference:reference_flow", "Stage 3: reference polygons rasterised per tile, eroded."),
+    "sampling": ("flows.sampling:sampling_flow", "Stage 4: training pixels and their features, per tile and year."),
+    "merge": ("flows.merge:merge_flow", "Stage 5: the tiles' samples in one dataset, split train/validation/test."),
+    "training": ("flows.training:training_flow", "Stage 6: LightGBM model, metrics and plots from the merged dataset."),
 }
 
 
@@ -157,6 +214,9 @@ def _run_flow(entrypoint: str, config: Path, tiles, bbox, subset, overwrite: boo
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     for summary in result if isinstance(result, list) else [result]:
+        if "message" in summary:  # AOI-level stages (merge, training) say what they made
+            console.print(summary["message"])
+            continue
         console.print(
             f"{summary['stage']}: {summary['done']} done, {summary['skipped']} skipped, "
             f"{summary['failed']} failed of {summary['tiles']} tile-years"
@@ -183,7 +243,7 @@ for _name, (_entrypoint, _help) in STAGE_COMMANDS.items():
 @app.command()
 def status(config: ConfigArg) -> None:
     """Show how many tiles of each stage and year are done in the store."""
-    from lcms.store import LAYOUTS, TileStore
+    from lcms.store import AOI_STAGES, LAYOUTS, TileStore
 
     cfg = _load(config)
     store = TileStore.from_config(cfg.store)
@@ -196,9 +256,15 @@ def status(config: ConfigArg) -> None:
     for column in ("stage", "year", "done"):
         table.add_column(column)
     for stage in LAYOUTS:
+        if stage in AOI_STAGES:
+            continue
         for year in cfg.years:
             table.add_row(stage, str(year), f"{len(store.done_tiles(stage, year))} / {n_tiles}")
     console.print(table)
+    for stage in AOI_STAGES:
+        record = store.product_record(stage, cfg.merge.name)
+        state = f"done {record.written_at}: {record.extra}" if record else "not done"
+        console.print(f"{stage} {cfg.merge.name!r}: {state}", highlight=False)
 
 
 def main() -> None:

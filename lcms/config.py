@@ -372,6 +372,103 @@ class ReferenceConfig(StrictModel):
         return legend
 
 
+class SamplingConfig(StrictModel):
+    """Stage 4: which labelled pixels of each tile become training samples.
+
+    Give a `fraction` of the eligible pixels or a `count` per tile (a tile with fewer eligible
+    pixels gives all it has). Eligible: labelled after the negative buffer, with at least one
+    valid observation in the year, and inside the tile's core, so that neighbouring tiles'
+    overlaps are never sampled twice. `stratified` samples each class on its own, up to
+    `max_per_class`; the rules are in tasks/sampling.py.
+    """
+
+    fraction: float | None = Field(None, gt=0, le=1, description="Share of the eligible pixels per tile.")
+    count: int | None = Field(20_000, ge=1, description="Pixels per tile (default 20000); null to use fraction.")
+    stratified: bool = Field(False, description="Sample each class separately (balanced by count).")
+    max_per_class: int | None = Field(None, ge=1, description="Cap per class and tile (stratified only).")
+    seed: int = Field(0, description="Each tile and year draws from its own stream derived from this seed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fraction_replaces_count(cls, data: Any) -> Any:
+        # `fraction: 0.1` alone means "instead of the default count".
+        if isinstance(data, dict) and data.get("fraction") is not None and "count" not in data:
+            return {**data, "count": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SamplingConfig:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("sampling: give either fraction or count, not both")
+        if self.max_per_class is not None and not self.stratified:
+            raise ValueError("sampling.max_per_class applies to stratified sampling: set stratified: true")
+        return self
+
+
+class MergeConfig(StrictModel):
+    """Stage 5: every tile's samples in one ML-ready dataset, split into train, validation and test.
+
+    Splits keep space apart: whole tiles go to test (`tile`); with fewer than
+    `min_tiles_for_tile_split` tiles, whole square blocks within tiles do (`blocks`); `halves`
+    tests on the east half of every tile. Validation (for early stopping) is a share of all samples
+    taken from what is not test. Samples of a tile or block go to the same split in every year.
+    """
+
+    name: str = Field(
+        "land-cover", pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", description="Name of the dataset and of its model."
+    )
+    years: list[int] | None = Field(None, description="Years whose samples are merged; default: all the run's years.")
+    split: Literal["auto", "tile", "blocks", "halves"] = "auto"
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of tiles (or blocks) held out for testing.")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share of samples for early stopping.")
+    min_tiles_for_tile_split: int = Field(5, ge=2, description="`auto` splits by tile from this many tiles on.")
+    block_size_m: float = Field(1000.0, gt=0, description="Side of the blocks of the `blocks` split.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> MergeConfig:
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError("merge: test_fraction + validation_fraction must be below 1")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Stage 6: a LightGBM multiclass model on the merged dataset, with early stopping and validation."""
+
+    num_boost_round: int = Field(500, ge=1, description="Upper bound on trees per class; early stopping ends sooner.")
+    early_stopping_rounds: int = Field(20, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(20, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    class_weight: Literal["none", "balanced"] = Field("none", description="'balanced': weights n / (k × count).")
+    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores.")
+    extra_params: dict[str, int | float | str | bool] = Field(
+        default_factory=dict, description="More LightGBM parameters, e.g. lambda_l2."
+    )
+    seed: int = 0
+
+    @field_validator("extra_params")
+    @classmethod
+    def _no_fixed_params(cls, params: dict) -> dict:
+        fixed = {"objective", "num_class", "seed", "metric", "num_iterations", "early_stopping_round"}
+        clash = sorted(fixed & set(params))
+        if clash:
+            raise ValueError(f"training.extra_params must not set {clash}: LCMS sets them")
+        return params
+
+    @property
+    def lightgbm_params(self) -> dict[str, Any]:
+        return {
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "num_threads": self.num_threads,
+            **self.extra_params,
+        }
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -399,6 +496,9 @@ class RunConfig(StrictModel):
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )
@@ -440,6 +540,17 @@ class RunConfig(StrictModel):
                 f"cell ({round(factor)} px); e.g. 512 with 160 m analysis at 10 m"
             )
         return self
+
+    @model_validator(mode="after")
+    def _merge_years_are_run_years(self) -> RunConfig:
+        unknown = sorted(set(self.merge.years or []) - set(self.years))
+        if unknown:
+            raise ValueError(f"merge.years {unknown} are not among the run's years {self.years}")
+        return self
+
+    @property
+    def merge_years(self) -> list[int]:
+        return sorted(self.merge.years) if self.merge.years else list(self.years)
 
     @field_validator("years")
     @classmethod

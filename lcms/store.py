@@ -97,6 +97,12 @@ class StageLayout:
     stage: str
     arrays: tuple[ArraySpec, ...]
 
+    def with_dtypes(self, dtypes: Mapping[str, str] | None) -> StageLayout:
+        """This layout with allowed alternative dtypes chosen for some arrays (e.g. float32 features)."""
+        if not dtypes:
+            return self
+        return StageLayout(self.stage, tuple(a.choose(dtypes.get(a.name)) for a in self.arrays))
+
     def spec(self, name: str) -> ArraySpec:
         for spec in self.arrays:
             if spec.name == name:
@@ -219,6 +225,66 @@ LAYOUTS["reference"] = StageLayout(
 )
 
 
+# Per-sample arrays are chunked along "sample" only: a chunk is 16384 rows of every column.
+SAMPLE_CHUNK = 16_384
+_SAMPLES = {"sample": SAMPLE_CHUNK}
+
+
+def _feature_matrix(description: str) -> ArraySpec:
+    return ArraySpec(
+        "features",
+        ("sample", "column"),
+        "int16",
+        -32768,
+        description,
+        chunks=_SAMPLES,
+        attrs={"scale_factor": 1e-4},  # packed like the features stage's output
+        alternatives={"float32": (float("nan"), {})},
+    )
+
+
+LAYOUTS["sampling"] = StageLayout(
+    "sampling",
+    (
+        _feature_matrix("Features of the sampled pixels: column j is date j // F, feature j % F (F features)"),
+        ArraySpec("label", ("sample",), "uint8", 0, "Reference class code of each sample", chunks=_SAMPLES),
+        ArraySpec("row", ("sample",), "int32", -1, "Pixel row of each sample in the tile grid", chunks=_SAMPLES),
+        ArraySpec("col", ("sample",), "int32", -1, "Pixel column of each sample in the tile grid", chunks=_SAMPLES),
+    ),
+)
+
+# AOI-level: one merged dataset per model name (see TileStore.product_writer), not per tile.
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+
+LAYOUTS["merge"] = StageLayout(
+    "merge",
+    (
+        _feature_matrix("Features of every sample of the AOI; columns as in the `column` coordinate"),
+        ArraySpec("label", ("sample",), "uint8", 0, "Reference class code of each sample", chunks=_SAMPLES),
+        ArraySpec(
+            "split",
+            ("sample",),
+            "uint8",
+            255,
+            "Split of each sample: 0 train, 1 validation (early stopping), 2 test",
+            chunks=_SAMPLES,
+            attrs={"codes": SPLIT_CODES},
+        ),
+        ArraySpec(
+            "tile", ("sample",), "uint32", 0, "Index of the sample's tile in the `tile_ids` attribute", chunks=_SAMPLES
+        ),
+        ArraySpec("year", ("sample",), "int16", 0, "Year of the sample", chunks=_SAMPLES),
+        ArraySpec("row", ("sample",), "int32", -1, "Pixel row of the sample in its tile's grid", chunks=_SAMPLES),
+        ArraySpec("col", ("sample",), "int32", -1, "Pixel column of the sample in its tile's grid", chunks=_SAMPLES),
+    ),
+)
+
+# AOI-level stages whose output is a set of files (e.g. a model and its plots), not a Zarr group.
+FILE_STAGES = ("training",)
+# Stages with one output per AOI and name (TileStore.product_dir), not one per tile and year.
+AOI_STAGES = ("merge", "training")
+
+
 def layout(stage: str) -> StageLayout:
     if stage not in LAYOUTS:
         raise StoreError(f"unknown stage {stage!r}; known stages: {sorted(LAYOUTS)}")
@@ -302,6 +368,12 @@ class TileStore:
     def attempt_url(self, stage: str, year: int | str, tile_id: str, attempt: str) -> str:
         """URL of one attempt's Zarr group, as xarray.open_zarr takes it."""
         return self._url(f"{self.tile_dir(stage, year, tile_id)}/{attempt}.zarr")
+
+    def product_dir(self, stage: str, name: str) -> str:
+        """Folder of an AOI-level product (a merged dataset, a model): one per stage and name."""
+        if not name or "/" in name or name.isdigit():
+            raise StoreError(f"product name {name!r} must be non-empty, without '/', and not a year")
+        return self._path(stage, name)
 
     @property
     def grid_url(self) -> str:
@@ -420,11 +492,114 @@ class TileStore:
 
         `dtypes` picks an allowed alternative dtype for some arrays (e.g. float32 features).
         """
-        stage_layout = layout(stage)
-        if dtypes:
-            chosen = {a.name: a.choose(dtypes.get(a.name)) for a in stage_layout.arrays}
-            stage_layout = StageLayout(stage, tuple(chosen[a.name] for a in stage_layout.arrays))
-        return TileWriter(self, stage_layout, str(year), tile_id, grid, params_hash, coords, dict(attrs or {}))
+        stage_layout = layout(stage).with_dtypes(dtypes)
+        return TileWriter(
+            self,
+            stage_layout,
+            str(year),
+            tile_id,
+            grid,
+            params_hash,
+            coords,
+            dict(attrs or {}),
+            self.tile_dir(stage, year, tile_id),
+        )
+
+    # ---------------------------------------------------------------- AOI-level products
+
+    def product_record(self, stage: str, name: str) -> DoneRecord | None:
+        try:
+            return DoneRecord.from_json(self.fs.cat_file(f"{self.product_dir(stage, name)}/done.json"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def product_writer(
+        self,
+        stage: str,
+        name: str,
+        params_hash: str,
+        coords: Mapping[str, Any],
+        attrs: Mapping[str, Any] | None = None,
+        dtypes: Mapping[str, str] | None = None,
+    ) -> TileWriter:
+        """Start a write attempt of an AOI-level Zarr product (no pixel grid), e.g. the merged samples.
+
+        Committed and read like a tile's output: `open_product` sees it only once it is complete.
+        """
+        stage_layout = layout(stage).with_dtypes(dtypes)
+        if any(_is_spatial(a) for a in stage_layout.arrays):
+            raise StoreError(f"stage {stage!r} has per-pixel arrays: write it per tile with `writer`")
+        folder = self.product_dir(stage, name)
+        return TileWriter(self, stage_layout, "-", name, None, params_hash, coords, dict(attrs or {}), folder)
+
+    def open_product(self, stage: str, name: str) -> TileReader:
+        """The current, complete AOI-level Zarr product; StoreError if there is none."""
+        record = self.product_record(stage, name)
+        if record is None:
+            raise StoreError(f"{self.url} has no finished {stage!r} output named {name!r}; run the {stage} stage first")
+        url = self._url(f"{self.product_dir(stage, name)}/{record.attempt}.zarr")
+        group = zarr.open_group(self._zarr_store(url, read_only=True), mode="r", use_consolidated=True)
+        return TileReader(record, group, url)
+
+    def put_files(
+        self, stage: str, name: str, folder: Path, params_hash: str, extra: Mapping | None = None
+    ) -> DoneRecord:
+        """Upload every file of a local folder as a new attempt of a file product, then mark it current.
+
+        As with tiles, the product's done.json is replaced in one step after all files are in
+        place, so a reader never sees half of a model; older attempts are removed afterwards.
+        """
+        if stage not in FILE_STAGES:
+            raise StoreError(f"stage {stage!r} does not store files; file stages: {FILE_STAGES}")
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+        if not files:
+            raise StoreError(f"{folder} holds no files to store")
+        product = self.product_dir(stage, name)
+        attempt = _new_attempt_id()
+        self.fs.makedirs(f"{product}/{attempt}", exist_ok=True)  # a folder locally; nothing to do on S3
+        for path in files:
+            self.fs.put_file(str(path), f"{product}/{attempt}/{path.name}")
+        record = DoneRecord(
+            stage=stage,
+            year="-",
+            tile_id=name,
+            params_hash=params_hash,
+            attempt=attempt,
+            arrays=tuple(p.name for p in files),
+            written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            extra=dict(extra or {}),
+        )
+        self._put_atomic(f"{product}/done.json", record.to_json().encode())
+        self.fs.invalidate_cache(product)
+        for path in self.fs.glob(f"{product}/attempt-*"):
+            if not path.rstrip("/").endswith(attempt):
+                self.fs.rm(path, recursive=True)
+        return record
+
+    def get_files(self, stage: str, name: str, folder: Path) -> DoneRecord:
+        """Download the current attempt of a file product into a local folder."""
+        record = self.product_record(stage, name)
+        if record is None:
+            raise StoreError(f"{self.url} has no finished {stage!r} output named {name!r}; run the {stage} stage first")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        product = self.product_dir(stage, name)
+        for file_name in record.arrays:
+            self.fs.get_file(f"{product}/{record.attempt}/{file_name}", str(Path(folder) / file_name))
+        return record
+
+    def read_file(self, stage: str, name: str, file_name: str) -> bytes:
+        """The bytes of one file of the current attempt of a file product."""
+        record = self.product_record(stage, name)
+        if record is None or file_name not in record.arrays:
+            raise StoreError(f"{self.url} has no file {file_name!r} in the {stage!r} output named {name!r}")
+        return self.fs.cat_file(f"{self.product_dir(stage, name)}/{record.attempt}/{file_name}")
+
+    def file_url(self, stage: str, name: str, file_name: str) -> str:
+        """URL of one file of the current attempt of a file product (for reports and links)."""
+        record = self.product_record(stage, name)
+        if record is None:
+            raise StoreError(f"{self.url} has no finished {stage!r} output named {name!r}")
+        return self._url(f"{self.product_dir(stage, name)}/{record.attempt}/{file_name}")
 
     def _zarr_store(self, url: str, read_only: bool = False):
         if self.is_local:
@@ -478,21 +653,23 @@ class TileWriter:
     manager, it commits on success and removes the attempt on error.
     """
 
-    def __init__(self, store, stage_layout, year, tile_id, grid, params_hash, coords, attrs):
+    def __init__(self, store, stage_layout, year, tile_id, grid, params_hash, coords, attrs, tile_dir):
         self.store: TileStore = store
         self.layout: StageLayout = stage_layout
         self.year, self.tile_id, self.grid, self.params_hash = year, tile_id, grid, params_hash
         self.attempt = _new_attempt_id()
-        self.tile_dir = store.tile_dir(stage_layout.stage, year, tile_id)
+        self.tile_dir = tile_dir
         self.path = f"{self.tile_dir}/{self.attempt}.zarr"
-        self.url = store.attempt_url(stage_layout.stage, year, tile_id, self.attempt)
+        self.url = store._url(self.path)
         self._coverage: dict[str, np.ndarray] = {}
         self._closed = False
 
         missing = self.layout.coordinate_dims - set(coords)
         if missing:
             raise StoreError(f"{self.layout.stage} output needs coordinates for {sorted(missing)}")
-        self.sizes = {"y": grid.height, "x": grid.width, **{d: len(coords[d]) for d in self.layout.coordinate_dims}}
+        self.sizes = {d: len(coords[d]) for d in self.layout.coordinate_dims}
+        if grid is not None:
+            self.sizes.update(y=grid.height, x=grid.width)
 
         self.group = zarr.open_group(store._zarr_store(self.url), mode="w-", zarr_format=3)
         self.group.attrs.update(
@@ -500,7 +677,7 @@ class TileWriter:
                 "lcms_stage": self.layout.stage,
                 "year": year,
                 "tile_id": tile_id,
-                "pixel_grid": grid.to_attrs(),
+                "pixel_grid": grid.to_attrs() if grid is not None else None,
                 "params_hash": params_hash,
                 **attrs,
             }
@@ -517,13 +694,13 @@ class TileWriter:
                 dimension_names=spec.dims,
                 attributes={
                     "description": spec.description,
-                    "grid_mapping": "spatial_ref",
-                    "coordinates": "spatial_ref",
+                    **({"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"} if grid is not None else {}),
                     **spec.attrs,
                 },
             )
-            # What has been written, to refuse a commit with gaps: per pixel, or once for non-spatial arrays.
-            self._coverage[spec.name] = np.zeros(grid.shape if _is_spatial(spec) else (), dtype=bool)
+            # What has been written, to refuse a commit with gaps: per pixel, or per index of the first dim.
+            shape = spec.shape_for(self.sizes)
+            self._coverage[spec.name] = np.zeros(grid.shape if _is_spatial(spec) else shape[:1], dtype=bool)
 
     def _write_coords(self, coords: Mapping[str, Any]) -> None:
         def put(name, values, dtype, attrs=None):
@@ -539,8 +716,6 @@ class TileWriter:
             if len(values):
                 arr[:] = values
 
-        put("y", self.grid.y_coords(), "float64", {"units": "m", "standard_name": "projection_y_coordinate"})
-        put("x", self.grid.x_coords(), "float64", {"units": "m", "standard_name": "projection_x_coordinate"})
         for dim in sorted(self.layout.coordinate_dims):
             values = np.asarray(coords[dim])
             if dim == "time":
@@ -550,6 +725,10 @@ class TileWriter:
                 put(dim, values.astype(object), str)
             else:
                 put(dim, values, values.dtype)
+        if self.grid is None:
+            return
+        put("y", self.grid.y_coords(), "float64", {"units": "m", "standard_name": "projection_y_coordinate"})
+        put("x", self.grid.x_coords(), "float64", {"units": "m", "standard_name": "projection_x_coordinate"})
         crs = CRS.from_user_input(self.grid.crs)
         a, _, c, _, e, f = self.grid.transform
         ref = self.group.create_array(
@@ -579,7 +758,7 @@ class TileWriter:
                 )
             if data.size:
                 self.group[name][...] = data
-            self._coverage[name][()] = True
+            self._coverage[name][...] = True
             return
         rows, cols = region if region is not None else (slice(0, self.grid.height), slice(0, self.grid.width))
         rows = slice(*rows.indices(self.grid.height)[:2])
@@ -596,6 +775,25 @@ class TileWriter:
         if data.size:
             self.group[name][index] = data
         self._coverage[name][rows, cols] = True
+
+    def write_rows(self, name: str, data: np.ndarray, start: int) -> None:
+        """Write rows ``start:start + len(data)`` of a non-spatial array (e.g. one tile's samples)."""
+        spec = self.layout.spec(name)
+        if _is_spatial(spec):
+            raise StoreError(f"{self.layout.stage}.{name} is per pixel: write it by spatial region")
+        if data.dtype != np.dtype(spec.dtype):
+            raise StoreError(
+                f"{self.layout.stage}.{name} must be {spec.dtype}, got {data.dtype}; convert before writing"
+            )
+        shape = spec.shape_for(self.sizes)
+        stop = start + len(data)
+        if not shape or data.shape[1:] != shape[1:] or start < 0 or stop > shape[0]:
+            raise StoreError(
+                f"{self.layout.stage}.{name} has shape {shape}; rows {start}:{stop} of shape {data.shape} do not fit"
+            )
+        if data.size:
+            self.group[name][start:stop] = data
+        self._coverage[name][start:stop] = True
 
     def read(self, name: str, region: tuple[slice, slice] | None = None) -> np.ndarray:
         """Read back what this attempt has written so far (e.g. bands with a halo for a second pass)."""
@@ -651,7 +849,8 @@ class TileReader:
 
     def __init__(self, record: DoneRecord, group: zarr.Group, url: str):
         self.record, self.group, self.url = record, group, url
-        self.grid = PixelGrid.from_attrs(group.attrs["pixel_grid"])
+        grid_attrs = group.attrs.get("pixel_grid")
+        self.grid = PixelGrid.from_attrs(grid_attrs) if grid_attrs else None  # None for AOI-level products
 
     def coord(self, dim: str) -> np.ndarray:
         values = self.group[dim][:]

@@ -48,6 +48,17 @@ def pack(values: np.ndarray, dtype: str) -> np.ndarray:
     return scaled.astype(np.int16)
 
 
+def unpack(stored: np.ndarray) -> np.ndarray:
+    """Stored features (int16 × 10000 with fill, or float32) → float32 values, NaN where missing."""
+    if stored.dtype == np.float32:
+        return stored
+    if stored.dtype != np.int16:
+        raise ValueError(f"features are stored as int16 or float32, got {stored.dtype}")
+    values = stored.astype(np.float32) / np.float32(INT16_SCALE)
+    values[stored == INT16_FILL] = np.nan
+    return values
+
+
 def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) -> DoneRecord:
     """Make and store one tile-year of features; done only when every block is written."""
     download = store.open_tile(INPUT_STAGE, year, tile.tile_id)

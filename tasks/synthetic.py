@@ -674,3 +674,22 @@ class SyntheticSource:
         year = int(np.datetime_as_string(dates[0], unit="Y"))
         tile = self.scene.render(grid, year, dates)
         return tile.bands, tile.data_mask
+
+
+def area_reference_polygons(scene: SyntheticScene, tile_grids: list[PixelGrid], year: int, fraction: float = 1.0):
+    """The scene's reference polygons over several tiles, in WGS84 (tiles may lie in several UTM zones).
+
+    One raster per CRS covers the union of that CRS's tiles, so polygons are not cut at tile edges.
+    """
+    frames = []
+    for crs in sorted({g.crs for g in tile_grids}):
+        bounds = np.array([g.bounds for g in tile_grids if g.crs == crs])
+        area = (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+        resolution = min(g.resolution for g in tile_grids if g.crs == crs)
+        frames.append(scene.reference_polygons(PixelGrid.from_bounds(crs, area, resolution), year, fraction))
+    merged = gpd.GeoDataFrame(
+        {col: np.concatenate([f[col].to_numpy() for f in frames]) for col in ("LULC_ID", "LULC_NAME")},
+        geometry=gpd.GeoSeries(np.concatenate([f.geometry.to_crs("EPSG:4326").to_numpy() for f in frames])),
+        crs="EPSG:4326",
+    )
+    return merged

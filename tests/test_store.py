@@ -295,3 +295,52 @@ def test_zarr_group_is_plain_zarr_v3(tmp_path):
     group = zarr.open_group(url, mode="r")
     assert group.metadata.zarr_format == 3
     assert group.attrs["tile_id"] == "T1" and group.attrs["lcms_stage"] == "download"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_aoi_products_rows_and_files_round_trip(tmp_path, where, request):
+    """Merged samples written tile by tile, and a model's files, local and on moto's S3."""
+    url = str(tmp_path / "store") if where == "local" else request.getfixturevalue("s3_bucket") + "/store"
+    store = TileStore(url)
+    rng = np.random.default_rng(0)
+    features = rng.integers(-5000, 5000, (50_000, 12), dtype=np.int16)
+    coords = {"sample": np.arange(50_000), "column": np.array([f"F{i}@01-{i + 1:02d}" for i in range(12)])}
+    small = {
+        "label": np.uint8,
+        "split": np.uint8,
+        "tile": np.uint32,
+        "year": np.int16,
+        "row": np.int32,
+        "col": np.int32,
+    }
+    with store.product_writer("merge", "lc", "h1", coords, {"tile_ids": ["a", "b"]}) as writer:
+        for name, dtype in small.items():
+            writer.write(name, np.ones(50_000, dtype))
+        writer.write_rows("features", features[:20_000], 0)
+        with pytest.raises(StoreError, match="not completely written"):
+            writer.commit()
+        with pytest.raises(StoreError, match="do not fit"):
+            writer.write_rows("features", features[:20_000], 40_000)
+        writer.write_rows("features", features[20_000:], 20_000)
+    reader = store.open_product("merge", "lc")
+    np.testing.assert_array_equal(reader.read("features"), features)
+    assert reader.grid is None and reader.attrs["tile_ids"] == ["a", "b"]
+    assert store.product_record("merge", "lc").params_hash == "h1"
+    with pytest.raises(StoreError, match="no finished 'merge' output named 'other'"):
+        store.open_product("merge", "other")
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.txt").write_text("trees")
+    (model / "plot.png").write_bytes(b"\x89PNG")
+    first = store.put_files("training", "lc", model, "h2")
+    (model / "model.txt").write_text("better trees")
+    second = store.put_files("training", "lc", model, "h3", extra={"oa": 0.9})
+    assert store.read_file("training", "lc", "model.txt") == b"better trees"
+    fetched = store.get_files("training", "lc", tmp_path / "fetched")
+    assert (tmp_path / "fetched" / "plot.png").read_bytes() == b"\x89PNG"
+    assert fetched.extra == {"oa": 0.9} and first.attempt != second.attempt
+    # The older attempt is gone once the new one is current.
+    assert not store.fs.exists(f"{store.product_dir('training', 'lc')}/{first.attempt}")
+    with pytest.raises(StoreError, match="not a year"):
+        store.product_dir("merge", "2023")

@@ -1,0 +1,149 @@
+"""Training stage, AOI level: a model from the merged dataset, validated on its test split.
+
+Plain functions, no Prefect: the flow in flows/training.py wraps them. The model-level work
+(LightGBM, files, metrics, plots) is in tasks/training.py; this module reads the merged
+dataset, checks that it can train a classifier, and stores the result as one file product:
+``training/<name>/`` with model.txt, model.json, metrics.json, metrics.md and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lcms.config import TrainingConfig, params_hash
+from lcms.legend import LegendClass
+from lcms.store import SPLIT_CODES, DoneRecord, TileStore
+from tasks.features import unpack
+from tasks.training import METADATA_FILE, evaluate, load_model, metrics_markdown, save_model, train_model
+
+log = logging.getLogger(__name__)
+
+STAGE = "training"
+INPUT_STAGE = "merge"
+SUMMARY_FILE = "metrics.md"
+
+
+class TrainingError(ValueError):
+    """A merged dataset that cannot train or validate a classifier; the message says what to change."""
+
+
+def training_params_hash(cfg: TrainingConfig, merge_record: DoneRecord) -> str:
+    return params_hash(cfg, merge_record.params_hash, merge_record.attempt)
+
+
+def _class_counts(y: np.ndarray) -> dict[int, int]:
+    classes, counts = np.unique(y, return_counts=True)
+    return {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
+
+
+def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[DoneRecord, dict]:
+    """Train, validate and store the model `name` from the merged dataset of the same name."""
+    merged = store.open_product(INPUT_STAGE, name)
+    X = unpack(merged.read("features"))
+    y = merged.read("label")
+    split = merged.read("split")
+    columns = [str(c) for c in merged.coord("column")]
+    legend = [LegendClass(c["code"], c["name"], c["color"]) for c in merged.attrs["legend"]]
+    train, val, test = (split == SPLIT_CODES[k] for k in ("train", "validation", "test"))
+
+    train_classes = np.unique(y[train])
+    if train_classes.size < 2:
+        raise TrainingError(
+            f"the training split of {name!r} has {train_classes.size} class(es) {train_classes.tolist()}: "
+            "a classifier needs at least two. Check the reference's classes, sample more pixels "
+            "(sampling.count or fraction) or cover more of the AOI with reference polygons"
+        )
+    if not val.any():
+        raise TrainingError(
+            f"the merged dataset {name!r} has no validation split for early stopping: "
+            "set merge.validation_fraction above 0 and rerun the merge stage"
+        )
+    if not test.any():
+        raise TrainingError(f"the merged dataset {name!r} has no test split: rerun the merge stage")
+    # A class the model never saw cannot be scored or used to stop; they are dropped and reported.
+    seen = np.isin(y, train_classes)
+    dropped = {
+        "validation": _class_counts(y[val & ~seen]),
+        "test": _class_counts(y[test & ~seen]),
+    }
+    val &= seen
+    test_seen = test & seen
+    if not val.any() or not test_seen.any():
+        raise TrainingError(
+            f"after dropping classes absent from training ({dropped}), the validation or test split of "
+            f"{name!r} is empty; use more tiles or another merge.split"
+        )
+
+    start = time.perf_counter()
+    booster = train_model(
+        X[train],
+        y[train],
+        X[val],
+        y[val],
+        columns,
+        params=cfg.lightgbm_params,
+        class_weight=None if cfg.class_weight == "none" else "balanced",
+        num_boost_round=cfg.num_boost_round,
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        seed=cfg.seed,
+    )
+    seconds = time.perf_counter() - start
+
+    lineage = {
+        "store": store.url,
+        "dataset": name,
+        "dataset_attempt": merged.record.attempt,
+        "dataset_params_hash": merged.record.params_hash,
+        "years": merged.attrs["years"],
+        "split_method": merged.attrs["split_method"],
+        "tiles": merged.attrs["tile_ids"],
+        "samples": {k: int((split == code).sum()) for k, code in SPLIT_CODES.items()},
+        "dropped_unseen_classes": dropped,
+        "training_config": cfg.model_dump(mode="json"),
+    }
+    with tempfile.TemporaryDirectory(prefix="lcms-model-") as tmp:
+        folder = Path(tmp)
+        save_model(booster, folder, legend, booster.lcms_classes, lineage)
+        _, metadata = load_model(folder)  # evaluate the model exactly as it was saved
+        metrics = evaluate(booster, metadata, X[test_seen], y[test_seen], folder, y_train=y[train])
+        metrics.update(
+            training_seconds=round(seconds, 3),
+            split_method=merged.attrs["split_method"],
+            samples=lineage["samples"],
+            dropped_unseen_classes=dropped,
+        )
+        summary = metrics_markdown(metrics) + (
+            f"\nSplit by {merged.attrs['split_method']}: {lineage['samples']} samples; "
+            f"{booster.best_iteration} trees per class; trained in {seconds:.1f} s.\n"
+        )
+        (folder / SUMMARY_FILE).write_text(summary)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        record = store.put_files(
+            STAGE,
+            name,
+            folder,
+            training_params_hash(cfg, merged.record),
+            extra={
+                "overall_accuracy": metrics["overall_accuracy"],
+                "kappa": metrics["kappa"],
+                "macro_f1": metrics["macro_f1"],
+                "classes": metadata["classes"],
+                "training_seconds": round(seconds, 3),
+            },
+        )
+    log.info("model %s: OA %.3f on %d test samples", name, metrics["overall_accuracy"], metrics["n_samples"])
+    return record, metrics
+
+
+def fetch_model(store: TileStore, name: str, folder: Path):
+    """The stored model `name` as (booster, metadata), downloaded into a local folder."""
+    store.get_files(STAGE, name, folder)
+    if not (Path(folder) / METADATA_FILE).exists():
+        raise TrainingError(f"the stored model {name!r} lacks {METADATA_FILE}; rerun the training stage")
+    return load_model(folder)

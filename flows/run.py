@@ -1,7 +1,7 @@
 """The country run: every stage in pipeline order, on one Dask cluster.
 
 It grows as stages land: grid → download → features, then, when a reference is configured,
-reference → sampling → merge → training.
+reference → sampling → merge → training → prediction → postprocess → export.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from prefect import flow
 
 from flows.common import prepare_stage
 from flows.download import download_flow
+from flows.export import export_flow
 from flows.features import features_flow
 from flows.merge import merge_flow
+from flows.postprocess import postprocess_flow
+from flows.prediction import prediction_flow
 from flows.reference import reference_flow
 from flows.sampling import sampling_flow
 from flows.training import training_flow
@@ -35,6 +38,7 @@ def run_flow(
         stages = [download_flow, features_flow]
         if config.reference.path is not None:  # the model stages need ground truth
             stages += [reference_flow, sampling_flow, merge_flow, training_flow]
+            stages += [prediction_flow, postprocess_flow, export_flow]
         return [
             # The model learns from everything merged: the subset chose the merged tiles already.
             stage_flow(

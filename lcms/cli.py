@@ -49,6 +49,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
     from tasks.merge import MergeError
+    from tasks.prediction_tile import PredictionError
     from tasks.reference import ReferenceError
     from tasks.training_stage import TrainingError
 
@@ -62,6 +63,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ReferenceError,
         MergeError,
         TrainingError,
+        PredictionError,
     )
 
 
@@ -192,6 +194,9 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "sampling": ("flows.sampling:sampling_flow", "Stage 4: training pixels and their features, per tile and year."),
     "merge": ("flows.merge:merge_flow", "Stage 5: the tiles' samples in one dataset, split train/validation/test."),
     "training": ("flows.training:training_flow", "Stage 6: LightGBM model, metrics and plots from the merged dataset."),
+    "prediction": ("flows.prediction:prediction_flow", "Stage 7: labels, probabilities and confidence per tile."),
+    "postprocess": ("flows.postprocess:postprocess_flow", "Stage 8: majority, sieve, superpixels, erosion per tile."),
+    "export": ("flows.export:export_flow", "Maps as Cloud-Optimised GeoTIFFs with STAC items, per UTM zone."),
 }
 
 

@@ -469,6 +469,89 @@ class TrainingConfig(StrictModel):
         }
 
 
+class PredictionConfig(StrictModel):
+    """Stage 7: the model applied to every pixel of every selected tile and year."""
+
+    model: str | None = Field(None, description="Name of the trained model; default: merge.name.")
+    block_size: int = Field(256, ge=256, multiple_of=256, description="Pixels per block side; bounds memory.")
+    num_threads: int = Field(1, ge=0, description="LightGBM threads per tile task (tiles already run in parallel).")
+
+
+class MajorityStepConfig(StrictModel):
+    kind: Literal["majority"]
+    size: int = Field(3, ge=3, description="Window side in pixels (odd).")
+
+    @field_validator("size")
+    @classmethod
+    def _odd(cls, size: int) -> int:
+        if size % 2 == 0:
+            raise ValueError("the majority window size must be odd (3, 5, 7, ...)")
+        return size
+
+
+class SieveStepConfig(StrictModel):
+    kind: Literal["sieve"]
+    min_pixels: int = Field(10, ge=2, description="Minimum mapping unit: patches smaller than this are merged away.")
+    connectivity: Literal[4, 8] = 8
+
+
+class SuperpixelStepConfig(StrictModel):
+    kind: Literal["superpixels"]
+    method: Literal["slic", "felzenszwalb"] = "slic"
+    features: list[str] = Field(
+        default_factory=lambda: ["NDVI", "NDWI", "NDBI"], description="Features whose yearly mean is segmented."
+    )
+    segment_size_px: int = Field(100, ge=4, description="SLIC: mean segment area in pixels.")
+    compactness: float = Field(0.1, gt=0, description="SLIC, on standardised bands: higher gives squarer segments.")
+    scale: float = Field(100.0, gt=0, description="Felzenszwalb: higher gives larger segments.")
+    sigma: float = Field(0.5, ge=0)
+    min_size: int = Field(20, ge=1, description="Felzenszwalb: smallest segment in pixels.")
+
+
+class ErosionStepConfig(StrictModel):
+    kind: Literal["erosion"]
+    radius_px: int = Field(1, ge=1, description="Class borders become no data over this many pixels.")
+
+
+PostprocessStep = Annotated[
+    MajorityStepConfig | SieveStepConfig | SuperpixelStepConfig | ErosionStepConfig, Field(discriminator="kind")
+]
+
+
+class PostprocessConfig(StrictModel):
+    """Stage 8: a chain of steps over each tile's predicted labels (the prediction is kept as it is).
+
+    Tiles are processed with their buffer, so the cores of neighbouring tiles agree at their edges
+    when the steps reach no further than the buffer.
+    """
+
+    steps: list[PostprocessStep] = Field(
+        default_factory=lambda: [MajorityStepConfig(kind="majority", size=3), SieveStepConfig(kind="sieve")],
+        description="Applied in order; an empty list copies the prediction.",
+    )
+
+
+class ExportConfig(StrictModel):
+    """Stage 8b: maps as Cloud-Optimised GeoTIFFs with STAC items, per UTM zone or in one CRS."""
+
+    url: str | None = Field(None, description="Folder (local or s3://) for the maps; default: <store>/maps.")
+    crs: str | None = Field(None, description="Reproject the whole AOI into this CRS; default: one map per UTM zone.")
+    resolution_m: float | None = Field(None, gt=0, description="Pixel size in `crs` units (required with crs).")
+    compress: Literal["DEFLATE", "ZSTD"] = "DEFLATE"
+    blocksize: int = Field(512, ge=64, multiple_of=16)
+    confidence: bool = Field(True, description="Also export the confidence (max probability) map.")
+    source: Literal["postprocess", "prediction"] = Field("postprocess", description="Which labels to export.")
+
+    _resolve = field_validator("url")(_resolve_path)
+    _crs = field_validator("crs")(lambda v: v if v is None else _check_crs(v))
+
+    @model_validator(mode="after")
+    def _resolution_with_crs(self) -> ExportConfig:
+        if self.crs is not None and self.resolution_m is None:
+            raise ValueError("export.resolution_m is required with export.crs (the pixel size in that CRS)")
+        return self
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -499,6 +582,9 @@ class RunConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )
@@ -549,6 +635,21 @@ class RunConfig(StrictModel):
         return self
 
     @property
+    def model_name(self) -> str:
+        return self.prediction.model or self.merge.name
+
+    @model_validator(mode="after")
+    def _superpixel_features_exist(self) -> RunConfig:
+        for step in self.postprocess.steps:
+            unknown = [f for f in getattr(step, "features", []) if f not in self.features.feature_names]
+            if unknown:
+                raise ValueError(
+                    f"postprocess superpixels features {unknown} are not features of the run "
+                    f"({self.features.feature_names})"
+                )
+        return self
+
+    @property
     def merge_years(self) -> list[int]:
         return sorted(self.merge.years) if self.merge.years else list(self.years)
 
@@ -571,6 +672,7 @@ def params_hash(*parts: BaseModel | dict | list | str | int | float | None) -> s
 
 
 # Union members appear in pydantic's error paths by their tag; users never write those.
+_STEP_KINDS = {"majority", "sieve", "superpixels", "erosion"}
 _UNION_TAGS = {"source": {"synthetic", "sentinelhub", "files"}, "cluster": {"local", "ec2"}}
 
 
@@ -579,6 +681,8 @@ def _user_path(loc: tuple) -> list[str]:
     parts: list[str] = []
     for part in map(str, loc):
         if part.startswith("function-after") or (parts and part in _UNION_TAGS.get(parts[-1], ())):
+            continue
+        if len(parts) >= 2 and parts[-2] == "steps" and part in _STEP_KINDS:  # postprocess.steps.N.<kind>
             continue
         parts.append(part)
     return parts

@@ -186,7 +186,7 @@ LAYOUTS["features"] = StageLayout(
             "Features on the stage's date grid: reflectances, indices, tasselled cap",
             chunks={**_SPATIAL, "feature": 1},
             # CF packing: xarray decodes value = stored × scale_factor.
-            attrs={"scale_factor": 1e-4},
+            attrs={"scale_factor": 1e-4, "missing_value": -32768},
             alternatives={"float32": (float("nan"), {})},
         ),
         ArraySpec(
@@ -238,7 +238,7 @@ def _feature_matrix(description: str) -> ArraySpec:
         -32768,
         description,
         chunks=_SAMPLES,
-        attrs={"scale_factor": 1e-4},  # packed like the features stage's output
+        attrs={"scale_factor": 1e-4, "missing_value": -32768},  # packed like the features stage's output
         alternatives={"float32": (float("nan"), {})},
     )
 
@@ -250,6 +250,45 @@ LAYOUTS["sampling"] = StageLayout(
         ArraySpec("label", ("sample",), "uint8", 0, "Reference class code of each sample", chunks=_SAMPLES),
         ArraySpec("row", ("sample",), "int32", -1, "Pixel row of each sample in the tile grid", chunks=_SAMPLES),
         ArraySpec("col", ("sample",), "int32", -1, "Pixel column of each sample in the tile grid", chunks=_SAMPLES),
+    ),
+)
+
+LAYOUTS["prediction"] = StageLayout(
+    "prediction",
+    (
+        ArraySpec("labels", ("y", "x"), "uint8", 0, "Predicted class codes; 0 = no data", chunks=_SPATIAL),
+        ArraySpec(
+            "probabilities",
+            ("y", "x", "class"),
+            "uint8",
+            0,
+            "Probability of each class of the `class` coordinate, in percent (0 where no data)",
+            chunks=_SPATIAL,
+            attrs={"units": "%"},
+        ),
+        ArraySpec(
+            "confidence",
+            ("y", "x"),
+            "uint8",
+            0,
+            "Probability of the predicted class in percent; 0 = no data",
+            chunks=_SPATIAL,
+            attrs={"units": "%"},
+        ),
+    ),
+)
+
+LAYOUTS["postprocess"] = StageLayout(
+    "postprocess",
+    (
+        ArraySpec(
+            "labels",
+            ("y", "x"),
+            "uint8",
+            0,
+            "Class codes after the post-processing chain; the prediction stage keeps the original",
+            chunks=_SPATIAL,
+        ),
     ),
 )
 
@@ -375,6 +414,10 @@ class TileStore:
             raise StoreError(f"product name {name!r} must be non-empty, without '/', and not a year")
         return self._path(stage, name)
 
+    def maps_url(self) -> str:
+        """Default folder of the exported maps (COGs and STAC items): ``<store>/maps``."""
+        return self._url(self._path("maps"))
+
     @property
     def grid_url(self) -> str:
         return self._url(self._path("grid.gpkg"))
@@ -415,6 +458,7 @@ class TileStore:
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-")
+            os.fchmod(fd, 0o644)  # mkstemp makes files private; other users of the store must read them
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

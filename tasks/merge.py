@@ -81,6 +81,12 @@ def canonical_columns(samples: list[TileSamples]) -> list[str]:
     return [f"{_split_column(c)[0]}@{str(d)[5:]}" for c, d in zip(first.columns, first_dates, strict=True)]
 
 
+def date_offsets(columns: list[str]) -> list[int]:
+    """Days after the first date of each date of date-major columns ``FEATURE@YYYY-MM-DD``."""
+    dates = np.array(list(dict.fromkeys(_split_column(c)[1] for c in columns)), dtype="datetime64[D]")
+    return (dates - dates[0]).astype(int).tolist()
+
+
 def choose_split(cfg: MergeConfig, n_tiles: int) -> str:
     if cfg.split != "auto":
         return cfg.split
@@ -145,8 +151,12 @@ def read_tile_samples(store: TileStore, tile_ids: list[str], years: list[int], t
     return out
 
 
+# Raised when the merged dataset's content changes, so that older datasets are redone.
+MERGE_FORMAT = 2
+
+
 def merge_params_hash(cfg: MergeConfig, block_px: int, inputs: dict[str, str]) -> str:
-    return params_hash(cfg, block_px, inputs)
+    return params_hash(cfg, block_px, inputs, MERGE_FORMAT)
 
 
 def sampling_inputs(store: TileStore, tile_ids: list[str], years: list[int]) -> dict[str, str]:
@@ -206,6 +216,9 @@ def merge_samples(
         "block_px": block_px if method == "blocks" else None,
         "legend": store.open_tile(INPUT_STAGE, samples[0].year, samples[0].tile_id).attrs["legend"],
         "inputs": inputs,
+        # What a tile's features must be for the model to apply: names, and days after the first date.
+        "features": list(dict.fromkeys(_split_column(c)[0] for c in samples[0].columns)),
+        "date_offsets_days": date_offsets(samples[0].columns),
     }
     coords = {"sample": np.arange(n, dtype=np.int64), "column": np.array(columns)}
     record_hash = merge_params_hash(cfg, block_px, sampling_inputs(store, tile_ids, years))

@@ -298,15 +298,18 @@ def load_model(folder: Path) -> tuple[lgb.Booster, dict]:
 # --------------------------------------------------------------------------- prediction
 
 
-def _predict_proba(booster: lgb.Booster, metadata: dict, X: Any) -> np.ndarray:
+def _predict_proba(booster: lgb.Booster, metadata: dict, X: Any, num_threads: int = 0) -> np.ndarray:
     X = _as_matrix(X, metadata["feature_names"], "X")
-    proba = booster.predict(X, num_iteration=metadata.get("num_iteration") or None)
+    proba = booster.predict(X, num_iteration=metadata.get("num_iteration") or None, num_threads=num_threads)
     return np.asarray(proba, dtype=np.float64).reshape(X.shape[0], len(metadata["classes"]))
 
 
-def predict_proba_percent(booster: lgb.Booster, metadata: dict, X: Any) -> np.ndarray:
-    """Class probabilities as uint8 percent, shape (n, k), columns in metadata["classes"] order."""
-    return np.clip(np.rint(_predict_proba(booster, metadata, X) * 100), 0, 100).astype(np.uint8)
+def predict_proba_percent(booster: lgb.Booster, metadata: dict, X: Any, num_threads: int = 0) -> np.ndarray:
+    """Class probabilities as uint8 percent, shape (n, k), columns in metadata["classes"] order.
+
+    `num_threads` 0 lets LightGBM use every core; give 1 inside Dask workers that run in parallel.
+    """
+    return np.clip(np.rint(_predict_proba(booster, metadata, X, num_threads) * 100), 0, 100).astype(np.uint8)
 
 
 def _codes_of(proba: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -314,6 +317,15 @@ def _codes_of(proba: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     if codes.min() < 0 or codes.max() > 255:
         raise ValueError(f"class codes {codes.tolist()} do not fit uint8")
     return codes.astype(np.uint8)[np.argmax(proba, axis=1)]
+
+
+def predict(booster: lgb.Booster, metadata: dict, X: Any, num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Legend codes (n,) uint8 and probabilities in percent (n, k) uint8, from one prediction pass.
+
+    Codes come from the exact probabilities, so rounding to percent never changes the winner.
+    """
+    proba = _predict_proba(booster, metadata, X, num_threads)
+    return _codes_of(proba, metadata["classes"]), np.clip(np.rint(proba * 100), 0, 100).astype(np.uint8)
 
 
 def predict_labels(booster: lgb.Booster, metadata: dict, X: Any) -> np.ndarray:

@@ -102,6 +102,8 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         "dataset_params_hash": merged.record.params_hash,
         "years": merged.attrs["years"],
         "split_method": merged.attrs["split_method"],
+        "features": merged.attrs["features"],
+        "date_offsets_days": merged.attrs["date_offsets_days"],
         "tiles": merged.attrs["tile_ids"],
         "samples": {k: int((split == code).sum()) for k, code in SPLIT_CODES.items()},
         "dropped_unseen_classes": dropped,

@@ -16,7 +16,18 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_typed_config_form(monkeypa
     monkeypatch.chdir(REPO)
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
-    assert {"country-run", "download", "features", "reference", "sampling", "merge", "training"} <= names
+    assert {
+        "country-run",
+        "download",
+        "features",
+        "reference",
+        "sampling",
+        "merge",
+        "training",
+        "prediction",
+        "postprocess",
+        "export",
+    } <= names
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
         assert isinstance(flow, Flow)

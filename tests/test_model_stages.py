@@ -360,6 +360,34 @@ def test_real_patch_through_sampling_merge_and_training(shared_data, tmp_path):
     assert metrics["overall_accuracy"] > 0.9, metrics["overall_accuracy"]
     assert metrics["per_class"]["forest"]["f1"] > 0.9
 
+    # The patch's map: predicted, post-processed, exported; the COG equals the tile pixel for pixel.
+    import rasterio
+
+    from lcms.config import ExportConfig, PostprocessConfig, PredictionConfig
+    from lcms.grid import AreaGrid
+    from tasks.export import validate_cog
+    from tasks.export_maps import export_year
+    from tasks.postprocess_tile import postprocess_tile
+    from tasks.prediction_tile import prediction_tile
+
+    prediction_tile(store, tile, 2017, PredictionConfig(), "land-cover")
+    postprocess_tile(store, tile, 2017, PostprocessConfig())
+    maps = export_year(store, AreaGrid([tile]), 2017, ExportConfig(url=str(tmp_path / "maps")), "land-cover")
+    labels_map = maps[0]["url"]
+    assert validate_cog(labels_map)[0]
+    with rasterio.open(labels_map) as src:
+        assert src.shape == grid.shape and src.crs.to_epsg() == 32633
+        assert src.transform.almost_equals(grid.affine)
+        np.testing.assert_array_equal(src.read(1), store.open_tile("postprocess", 2017, tile.tile_id).read("labels"))
+        assert src.colormap(1)[2][:3] == (5, 73, 7)
+    predicted = store.open_tile("prediction", 2017, tile.tile_id).read("labels")
+    reference_labels = store.open_tile("reference", 2017, tile.tile_id).read("labels_eroded")
+    east = np.zeros(grid.shape, bool)
+    east[:, w // 2 :] = True
+    scored = east & (reference_labels > 0) & ~no_valid
+    # The map agrees with the held-out reference as the test split's metrics said.
+    assert (predicted[scored] == reference_labels[scored]).mean() > 0.9
+
 
 # --------------------------------------------------------------------------- flows and CLI
 
@@ -432,6 +460,9 @@ def test_cli_runs_every_stage_on_synthetic_reference(tmp_path):
     assert "sampling: 4 done, 0 skipped, 0 failed of 4 tile-years" in run.stdout
     assert "merge: dataset 'land-cover' done" in run.stdout
     assert "training: model 'land-cover' done" in run.stdout
+    assert "prediction: 4 done" in run.stdout and "postprocess: 4 done" in run.stdout
+    assert "export: 2 maps" in run.stdout
+    assert (tmp_path / "store" / "maps" / "land-cover_2023_33N_labels.tif").exists()
     status = subprocess.run([*lcms, "status", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert "training 'land-cover': done" in status.stdout
 

@@ -1,0 +1,112 @@
+"""Prediction stage, tile level: a trained model applied to every pixel of a tile, block by block.
+
+Plain functions, no Prefect: the flow in flows/prediction.py wraps them. Per tile and year:
+
+1. the model is fetched from the store once per worker process (cached by its attempt);
+2. the tile's features must be those the model learnt from: the same feature names in the same
+   order, and the same dates relative to the first (`check_features_match`);
+3. per block of `block_size` pixels: features → float values (NaN where missing) → LightGBM →
+   `labels` (legend codes), `probabilities` (percent per class) and `confidence` (the winning
+   class's percent). Pixels without any valid observation get no data (0) everywhere.
+Memory is one block of features and its predictions, whatever the tile size.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lcms.config import PredictionConfig, params_hash
+from lcms.grid import Tile
+from lcms.store import DoneRecord, TileStore
+from tasks.features import unpack
+from tasks.training import predict
+from tasks.training_stage import STAGE as MODEL_STAGE
+from tasks.training_stage import fetch_model
+
+STAGE = "prediction"
+INPUT_STAGE = "features"
+
+
+class PredictionError(ValueError):
+    """Features a model cannot be applied to; the message says what differs and what to do."""
+
+
+def prediction_params_hash(tile: Tile, year: int, model_attempt: str, features_hash: str) -> str:
+    # The prediction config's block_size and num_threads change how, not what: not in the hash.
+    return params_hash(tile.grid.to_attrs(), year, model_attempt, features_hash)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(store_url: str, storage_options_key: tuple, name: str, attempt: str):
+    store = TileStore(store_url, dict(storage_options_key))
+    folder = Path(tempfile.mkdtemp(prefix=f"lcms-model-{name}-"))
+    booster, metadata = fetch_model(store, name, folder)
+    if store.product_record(MODEL_STAGE, name).attempt != attempt:
+        raise PredictionError(f"model {name!r} was replaced while it was being fetched; rerun the stage")
+    return booster, metadata
+
+
+def load_stored_model(store: TileStore, name: str):
+    """(booster, metadata, attempt) of the current model `name`, fetched once per process."""
+    record = store.product_record(MODEL_STAGE, name)
+    if record is None:
+        raise PredictionError(f"{store.url} has no trained model {name!r}: run `lcms training CONFIG` first")
+    options = tuple(sorted((k, str(v)) for k, v in store.storage_options.items()))
+    booster, metadata = _cached_model(store.url, options, name, record.attempt)
+    return booster, metadata, record.attempt
+
+
+def check_features_match(metadata: dict, feature_names: list[str], dates: np.ndarray, where: str) -> None:
+    """Raise PredictionError unless a tile's features are the ones the model was trained on."""
+    data = metadata["lineage"]["data"]
+    if "features" not in data or "date_offsets_days" not in data:
+        raise PredictionError(
+            "the model does not record the features it was trained on (an older LCMS made it): "
+            "rerun `lcms merge CONFIG` and `lcms training CONFIG`"
+        )
+    expected_names = [str(n) for n in data["features"]]
+    feature_names = [str(n) for n in feature_names]
+    if feature_names != expected_names:
+        raise PredictionError(
+            f"{where}: the features are {feature_names} but the model was trained on {expected_names}; "
+            "rerun the features stage with the model's features config, or retrain the model on these features"
+        )
+    offsets = (
+        (dates.astype("datetime64[D]") - dates.astype("datetime64[D]")[0]).astype(int).tolist() if len(dates) else []
+    )
+    if offsets != list(data["date_offsets_days"]):
+        raise PredictionError(
+            f"{where}: {len(offsets)} dates (days after the first: {offsets[:5]}...) but the model expects "
+            f"{len(data['date_offsets_days'])} ({data['date_offsets_days'][:5]}...); use the model's features.date_grid"
+        )
+
+
+def prediction_tile(store: TileStore, tile: Tile, year: int, cfg: PredictionConfig, model_name: str) -> DoneRecord:
+    """Predict one tile-year with the stored model and store labels, probabilities and confidence."""
+    booster, metadata, attempt = load_stored_model(store, model_name)
+    features = store.open_tile(INPUT_STAGE, year, tile.tile_id)
+    dates = features.coord("time")
+    check_features_match(metadata, list(features.coord("feature")), dates, f"tile {tile.tile_id}/{year}")
+    classes = np.array(metadata["classes"], dtype=np.uint8)
+    coords = {"class": classes}
+    attrs = {"model": model_name, "model_attempt": attempt, "legend": metadata["legend"]}
+    tile_hash = prediction_params_hash(tile, year, attempt, features.record.params_hash)
+    with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs) as writer:
+        for region, _ in tile.grid.blocks(cfg.block_size):
+            values = unpack(features.read("features", region))  # (t, r, c, f)
+            no_valid = features.read("no_valid", region)
+            t, r, c, f = values.shape
+            X = np.ascontiguousarray(values.transpose(1, 2, 0, 3)).reshape(r * c, t * f)  # date-major columns
+            labels, percent = predict(booster, metadata, X, cfg.num_threads)
+            labels = labels.reshape(r, c)
+            percent = percent.reshape(r, c, len(classes))
+            labels[no_valid] = 0
+            percent[no_valid] = 0
+            writer.write("labels", labels, region)
+            writer.write("probabilities", percent, region)
+            writer.write("confidence", percent.max(axis=2), region)
+        return writer.commit(extra={"model": model_name, "model_attempt": attempt})

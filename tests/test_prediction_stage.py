@@ -184,3 +184,39 @@ def test_export_flow_writes_valid_cogs_equal_to_the_tiles(trained, tmp_path):
 
     with pytest.raises(Exception, match="postprocess stage's output"):
         export_flow(cfg, TileSubset(tile_ids=grid.tile_ids[3:4]))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_prediction_refuses_missing_features_and_empty_subsets(trained):
+    from flows.common import StageInputError
+    from flows.prediction import prediction_flow
+    from lcms.grid import TileSelectionError
+
+    cfg, store, grid = trained
+    with pytest.raises(StageInputError, match=r"features stage's output, which is missing for 1 tile-year\(s\)"):
+        prediction_flow(cfg.model_copy(update={"years": [2023, 2024]}), TileSubset(tile_ids=grid.tile_ids[:1]))
+    with pytest.raises(TileSelectionError):
+        prediction_flow(cfg, TileSubset(bbox=(20.0, 40.0, 20.1, 40.1)))
+    assert not store.done_tiles("prediction", 2024)
+
+
+def test_export_to_s3(trained, s3_bucket, s3_endpoint):
+    import fsspec
+
+    from lcms.config import ExportConfig
+    from tasks.export import validate_cog
+    from tasks.export_maps import export_year
+    from tasks.postprocess_tile import postprocess_tile
+
+    _, store, grid = trained
+    tiles = grid.select(tile_ids=grid.tile_ids[:2])
+    for tile in tiles:
+        prediction_tile(store, tile, 2023, PredictionConfig(), "land-cover")
+        postprocess_tile(store, tile, 2023, PostprocessConfig())
+    maps = export_year(store, tiles, 2023, ExportConfig(url=f"{s3_bucket}/maps"), "land-cover")
+    assert [m["url"] for m in maps] == [
+        f"{s3_bucket}/maps/land-cover_2023_33N_{k}.tif" for k in ("labels", "confidence")
+    ]
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    assert fs.exists(f"{s3_bucket}/maps/land-cover_2023_33N_labels.json")
+    assert validate_cog(maps[0]["url"], {"endpoint_url": s3_endpoint})[0]

@@ -27,5 +27,15 @@ def ensure_eolearn_venv(venv: Path = VENV) -> Path:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far."""
+    """This process's own peak resident memory so far.
+
+    VmHWM, not getrusage: on Linux a child started by subprocess inherits its parent's ru_maxrss,
+    so a worker would report the driver's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

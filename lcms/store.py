@@ -8,6 +8,11 @@ Layout of a store (a local folder or s3://bucket/prefix; the same code serves bo
     <root>/<stage>/<year>/<tile_id>/done.json   the done mark: which attempt is current, and its params hash
     <root>/<stage>/<year>/<tile_id>/<attempt>.zarr
                                                 one Zarr v3 group per write attempt of a tile's stage output
+    <root>/merge/<name>/done.json, <attempt>.zarr
+                                                AOI level: the merged samples of a model (no pixel grid)
+    <root>/training/<name>/done.json, <attempt>/
+                                                AOI level: a model's files (model, metrics, plots)
+    <root>/maps/                                exported COGs and STAC items (unless export.url says otherwise)
 
 Why attempts: a Zarr array is many objects, and neither S3 nor a folder can replace
 many objects at once. Each write goes to a fresh attempt group; only when every array

@@ -45,6 +45,8 @@ class TileSamples:
     columns: list[str]
     width: int
     params_hash: str
+    dtype: str  # of the stored feature rows
+    legend: list
 
 
 def _split_column(name: str) -> tuple[str, str]:
@@ -146,6 +148,8 @@ def read_tile_samples(store: TileStore, tile_ids: list[str], years: list[int], t
                     list(reader.coord("column")),
                     tile_widths[tile_id],
                     reader.record.params_hash,
+                    str(reader.group["features"].dtype),
+                    reader.attrs["legend"],
                 )
             )
     return out
@@ -202,7 +206,7 @@ def merge_samples(
         ) from None
 
     n = int(counts.sum())
-    dtypes = {str(store.open_tile(INPUT_STAGE, s.year, s.tile_id).group["features"].dtype) for s in samples}
+    dtypes = {s.dtype for s in samples}
     if len(dtypes) != 1:
         raise MergeError(f"tiles store features as {sorted(dtypes)}: rerun features and sampling with one dtype")
     inputs = {f"{s.tile_id}/{s.year}": s.params_hash for s in samples}
@@ -214,7 +218,7 @@ def merge_samples(
         "split_method": method,
         "split_counts": split_counts,
         "block_px": block_px if method == "blocks" else None,
-        "legend": store.open_tile(INPUT_STAGE, samples[0].year, samples[0].tile_id).attrs["legend"],
+        "legend": samples[0].legend,
         "inputs": inputs,
         # What a tile's features must be for the model to apply: names, and days after the first date.
         "features": list(dict.fromkeys(_split_column(c)[0] for c in samples[0].columns)),

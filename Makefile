@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 UV := $(VENV)/bin/uv
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,22 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/lcms synthetic-reference examples/demo.yaml --fraction 0.6
 	$(VENV)/bin/lcms run examples/demo.yaml
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# Debian packages some tests start: Chromium renders the report; PostgreSQL + PostGIS store change polygons.
+# Needs root (or sudo); skipped when the commands are already there.
+SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3
+system-deps:
+	@if command -v chromium >/dev/null && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then \
+		echo "system packages present"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) ) \
+			|| echo "could not install $(SYSTEM_PACKAGES): the tests that need them will skip"; \
+	fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -44,13 +44,16 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from flows.change import ChangeYearsError
     from flows.common import StageInputError, TileFailures
     from lcms.config import ConfigError
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
+    from tasks.change_tile import ChangeError
     from tasks.merge import MergeError
     from tasks.prediction_tile import PredictionError
     from tasks.reference import ReferenceError
+    from tasks.report import ReportError
     from tasks.training_stage import TrainingError
 
     return (
@@ -64,6 +67,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
         MergeError,
         TrainingError,
         PredictionError,
+        ChangeError,
+        ChangeYearsError,
+        ReportError,
     )
 
 
@@ -197,6 +203,8 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "prediction": ("flows.prediction:prediction_flow", "Stage 7: labels, probabilities and confidence per tile."),
     "postprocess": ("flows.postprocess:postprocess_flow", "Stage 8: majority, sieve, superpixels, erosion per tile."),
     "export": ("flows.export:export_flow", "Maps as Cloud-Optimised GeoTIFFs with STAC items, per UTM zone."),
+    "change": ("flows.change:change_flow", "Stage 9: change polygons between two years' maps (GeoPackage, PostGIS)."),
+    "report": ("flows.report:report_flow", "Stage 10: HTML report with areas, transitions, accuracy, changes."),
 }
 
 
@@ -248,7 +256,7 @@ for _name, (_entrypoint, _help) in STAGE_COMMANDS.items():
 @app.command()
 def status(config: ConfigArg) -> None:
     """Show how many tiles of each stage and year are done in the store."""
-    from lcms.store import AOI_STAGES, LAYOUTS, TileStore
+    from lcms.store import AOI_STAGES, LAYOUTS, TileStore, change_key
 
     cfg = _load(config)
     store = TileStore.from_config(cfg.store)
@@ -263,13 +271,21 @@ def status(config: ConfigArg) -> None:
     for stage in LAYOUTS:
         if stage in AOI_STAGES:
             continue
-        for year in cfg.years:
+        keys = [change_key(*cfg.change_years)] if cfg.change_years else []
+        for year in keys if stage == "change" else cfg.years:
             table.add_row(stage, str(year), f"{len(store.done_tiles(stage, year))} / {n_tiles}")
     console.print(table)
     for stage in AOI_STAGES:
         record = store.product_record(stage, cfg.merge.name)
         state = f"done {record.written_at}: {record.extra}" if record else "not done"
         console.print(f"{stage} {cfg.merge.name!r}: {state}", highlight=False)
+    if cfg.change_years:
+        key = change_key(*cfg.change_years)
+        record = store.product_record("change-polygons", key)
+        state = f"done {record.written_at}: {record.extra}" if record else "not done"
+        console.print(f"change polygons {key}: {state}", highlight=False)
+    record = store.product_record("report", cfg.model_name)
+    console.print(f"report {cfg.model_name!r}: {'done ' + record.written_at if record else 'not done'}")
 
 
 def main() -> None:

@@ -55,6 +55,8 @@ def _ec2_cluster(cfg: EC2ClusterConfig):
         ami=cfg.ami,
         security_groups=cfg.security_groups or None,
         subnet_id=cfg.subnet_id,
+        vpc=cfg.vpc,
+        use_private_ip=cfg.use_private_ip,
         iam_instance_profile={"Name": cfg.iam_instance_profile} if cfg.iam_instance_profile else None,
         env_vars={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     )

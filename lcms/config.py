@@ -179,8 +179,14 @@ class EC2ClusterConfig(StrictModel):
     adaptive_max: int | None = Field(None, ge=1)
     docker_image: str = Field("lcms:latest", description="Image run by the scheduler and workers (docker/Dockerfile).")
     ami: str | None = Field(None, description="AMI with Docker; dask-cloudprovider picks a recent one when unset.")
-    security_groups: list[str] = Field(default_factory=list)
+    security_groups: list[str] = Field(
+        default_factory=list, description="Both the scheduler's and the workers' groups (infra/ stack outputs)."
+    )
     subnet_id: str | None = None
+    vpc: str | None = Field(None, description="VPC id; without it dask-cloudprovider looks for the default VPC.")
+    use_private_ip: bool = Field(
+        True, description="Reach the scheduler on its private address (the security groups admit by group)."
+    )
     iam_instance_profile: str | None = Field(None, description="Instance profile name that grants bucket access.")
 
     @model_validator(mode="after")
@@ -552,6 +558,64 @@ class ExportConfig(StrictModel):
         return self
 
 
+class PostgisConfig(StrictModel):
+    """Where change polygons also go, besides the GeoPackage. The DSN is never written in a config."""
+
+    dsn_env: str = Field(
+        "LCMS_POSTGIS_DSN", description="Environment variable holding the DSN (postgresql://user:pass@host/db)."
+    )
+    secret_block: str | None = Field(None, description="Or a Prefect Secret block holding the DSN (takes precedence).")
+    table: str = Field("land_cover_changes", pattern=r"^[a-z_][a-z0-9_]*$")
+    schema_name: str = Field("public", pattern=r"^[a-z_][a-z0-9_]*$")
+    srid: int = Field(4326, description="SRID of the geometry column.")
+
+
+class ChangeConfig(StrictModel):
+    """Stage 9: land cover change between two years' maps, as polygons."""
+
+    years: tuple[int, int] | None = Field(
+        None, description="[from, to]; default: the run's last two years. Both must be among the run's years."
+    )
+    source: Literal["postprocess", "prediction"] = Field("postprocess", description="Which labels to compare.")
+    min_confidence: int = Field(
+        60, ge=0, le=100, description="A changed pixel counts only where both years' confidence (%) reaches this."
+    )
+    min_area_m2: float = Field(
+        2000.0, ge=0, description="Minimum change area; smaller patches (after cleaning) are dropped."
+    )
+    opening_radius_px: int = Field(
+        1, ge=0, le=10, description="Morphological opening of the change mask: removes slivers thinner than 2r+1."
+    )
+    connectivity: Literal[4, 8] = Field(8, description="Pixel neighbourhood that joins a change patch.")
+    ranking_feature: str | None = Field(
+        "NDVI", description="Feature whose time-series difference ranks the changes (score); null: no ranking."
+    )
+    crs: str = Field("EPSG:4326", description="CRS of the GeoPackage layer (tiles are in their own UTM zones).")
+    postgis: PostgisConfig | None = Field(None, description="Also write the polygons to PostGIS.")
+
+    _crs = field_validator("crs")(_check_crs)
+
+    @field_validator("years")
+    @classmethod
+    def _from_before_to(cls, years):
+        if years is not None and years[0] >= years[1]:
+            raise ValueError(f"change.years must be [earlier, later], got {list(years)}")
+        return years
+
+
+class ReportConfig(StrictModel):
+    """Stage 10: areas, transitions, accuracy and the largest changes, as HTML, CSV and JSON."""
+
+    regions_path: str | None = Field(
+        None, description="Regions vector file (e.g. admin units, any CRS): class areas per region."
+    )
+    region_field: str | None = Field(None, description="Column naming each region; default: the first text column.")
+    largest_changes: int = Field(20, ge=0, le=1000, description="How many of the largest changes to list.")
+    thumbnail_px: int = Field(480, ge=64, le=4096, description="Longest side of the map thumbnails.")
+
+    _resolve = field_validator("regions_path")(_resolve_path)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -585,6 +649,8 @@ class RunConfig(StrictModel):
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    change: ChangeConfig = Field(default_factory=ChangeConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )
@@ -648,6 +714,27 @@ class RunConfig(StrictModel):
                     f"({self.features.feature_names})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _change_years_are_run_years(self) -> RunConfig:
+        if self.change.years is not None:
+            unknown = sorted(set(self.change.years) - set(self.years))
+            if unknown:
+                raise ValueError(f"change.years {unknown} are not among the run's years {self.years}")
+        feature = self.change.ranking_feature
+        if feature is not None and feature not in self.features.feature_names:
+            raise ValueError(
+                f"change.ranking_feature {feature!r} is not a feature of the run ({self.features.feature_names}); "
+                "choose one of them or set it to null"
+            )
+        return self
+
+    @property
+    def change_years(self) -> tuple[int, int] | None:
+        """The two years the change stage compares; None when the run has a single year."""
+        if self.change.years is not None:
+            return tuple(self.change.years)
+        return (self.years[-2], self.years[-1]) if len(self.years) >= 2 else None
 
     @property
     def merge_years(self) -> list[int]:

@@ -12,6 +12,10 @@ Layout of a store (a local folder or s3://bucket/prefix; the same code serves bo
                                                 AOI level: the merged samples of a model (no pixel grid)
     <root>/training/<name>/done.json, <attempt>/
                                                 AOI level: a model's files (model, metrics, plots)
+    <root>/change/<from>-<to>/<tile_id>/...     change stage, keyed by the pair of years it compares
+    <root>/change-polygons/<from>-<to>/done.json, <attempt>/
+                                                AOI level: every tile's change polygons (GeoPackage, summary)
+    <root>/report/<model>/done.json, <attempt>/ AOI level: the HTML report, its plots, CSV and JSON
     <root>/maps/                                exported COGs and STAC items (unless export.url says otherwise)
 
 Why attempts: a Zarr array is many objects, and neither S3 nor a folder can replace
@@ -323,8 +327,61 @@ LAYOUTS["merge"] = StageLayout(
     ),
 )
 
+# Change detection is keyed by the pair of years it compares, not by one year.
+_POLYGONS = {"change_id": 65_536}
+
+LAYOUTS["change"] = StageLayout(
+    "change",
+    (
+        ArraySpec(
+            "status",
+            ("y", "x"),
+            "uint8",
+            0,
+            "Per pixel: 0 no data, 1 unchanged, 2 in a change polygon, 3 changed with low confidence, "
+            "4 changed but removed by cleaning or the minimum area",
+            chunks=_SPATIAL,
+        ),
+        ArraySpec(
+            "polygon",
+            ("y", "x"),
+            "int32",
+            0,
+            "Index (1-based) of the pixel's change polygon along the `change_id` dimension; 0 = none",
+            chunks=_SPATIAL,
+        ),
+        ArraySpec("class_from", ("change_id",), "uint8", 0, "Class code in the earlier year", chunks=_POLYGONS),
+        ArraySpec("class_to", ("change_id",), "uint8", 0, "Class code in the later year", chunks=_POLYGONS),
+        ArraySpec("pixels", ("change_id",), "int64", 0, "Pixels of the polygon (tile core only)", chunks=_POLYGONS),
+        ArraySpec("area_m2", ("change_id",), "float64", 0.0, "Area of the polygon in m²", chunks=_POLYGONS),
+        ArraySpec(
+            "confidence_from",
+            ("change_id",),
+            "float32",
+            0.0,
+            "Mean confidence (%) in the earlier year",
+            chunks=_POLYGONS,
+        ),
+        ArraySpec("confidence_to", ("change_id",), "float32", 0.0, "Mean confidence (%), later year", chunks=_POLYGONS),
+        ArraySpec(
+            "score",
+            ("change_id",),
+            "float32",
+            float("nan"),
+            "How far the feature series differ, in robust z-units over unchanged pixels; NaN = not ranked",
+            chunks=_POLYGONS,
+        ),
+    ),
+)
+
+
+def change_key(year_from: int, year_to: int) -> str:
+    """The store's key of a change stage output (in place of a year): e.g. '2023-2024'."""
+    return f"{year_from}-{year_to}"
+
+
 # AOI-level stages whose output is a set of files (e.g. a model and its plots), not a Zarr group.
-FILE_STAGES = ("training",)
+FILE_STAGES = ("training", "change-polygons", "report")
 # Stages with one output per AOI and name (TileStore.product_dir), not one per tile and year.
 AOI_STAGES = ("merge", "training")
 

@@ -122,6 +122,11 @@ def load_reference(
     return out.reset_index(drop=True)
 
 
+def read_vector_file(path: str, storage_options: dict | None = None) -> gpd.GeoDataFrame:
+    """A vector file (GeoPackage, GeoJSON, Shapefile, GeoParquet), local or remote; clear errors otherwise."""
+    return _read_vector(path, storage_options)
+
+
 def _read_vector(path: str, storage_options: dict | None) -> gpd.GeoDataFrame:
     suffix = PurePosixPath(path.split("?")[0]).suffix.lower()
     if suffix not in _VECTOR_EXTENSIONS and suffix not in _PARQUET_EXTENSIONS:

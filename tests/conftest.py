@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from postgis_server import postgis_dsn  # noqa: F401 - PostGIS test server fixture (tests/postgis_server.py)
 
 from lcms.prefect_env import configure_prefect_defaults
 

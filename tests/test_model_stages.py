@@ -15,15 +15,20 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from rasterio.features import shapes
+from shapely.geometry import shape
+from shapely.ops import unary_union
 from sklearn import metrics as skm
 
 from flows.common import load_grid
 from lcms.config import MergeConfig, SamplingConfig, TrainingConfig, parse_config
 from lcms.legend import LULC_LEGEND
 from lcms.store import SPLIT_CODES, TileStore
+from tasks.change_polygons import read_change_layer
 from tasks.features import pack
 from tasks.merge import MergeError, merge_samples
 from tasks.sampling_tile import sampling_tile
+from tasks.synthetic import SyntheticScene
 from tasks.training import PLOT_FILES, predict_labels
 from tasks.training_stage import TrainingError, fetch_model, training_stage
 
@@ -434,11 +439,15 @@ def test_flows_chain_skip_and_redo(aoi):
 
 
 def test_cli_runs_every_stage_on_synthetic_reference(tmp_path):
-    """`lcms synthetic-reference`, then `lcms run` through training, in subprocesses on ephemeral Prefect."""
+    """`lcms synthetic-reference`, then `lcms run` through the report, in subprocesses on ephemeral Prefect.
+
+    Two years: the model learns 2023 and maps both; the scene's planted changes must come out as change polygons.
+    """
     cfg = run_config(
         tmp_path,
         width_m=5_000,
-        years=[2023],
+        years=[2023, 2024],
+        merge={"years": [2023]},
         download={"source": {"seed": 5, "dates_per_year": 10, "cloud_cover": 0.2}},
         reference={"path": str(tmp_path / "reference.gpkg")},
         sampling={"count": 1500},
@@ -457,12 +466,39 @@ def test_cli_runs_every_stage_on_synthetic_reference(tmp_path):
 
     run = subprocess.run([*lcms, "run", str(path)], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "sampling: 4 done, 0 skipped, 0 failed of 4 tile-years" in run.stdout
+    assert "sampling: 8 done, 0 skipped, 0 failed of 8 tile-years" in run.stdout
     assert "merge: dataset 'land-cover' done" in run.stdout
     assert "training: model 'land-cover' done" in run.stdout
-    assert "prediction: 4 done" in run.stdout and "postprocess: 4 done" in run.stdout
-    assert "export: 2 maps" in run.stdout
-    assert (tmp_path / "store" / "maps" / "land-cover_2023_33N_labels.tif").exists()
+    assert "prediction: 8 done" in run.stdout and "postprocess: 8 done" in run.stdout
+    assert "export: 4 maps" in run.stdout
+    assert (tmp_path / "store" / "maps" / "land-cover_2024_33N_labels.tif").exists()
+    assert "change 2023→2024:" in run.stdout and "report: " in run.stdout
+
+    # The planted changes of the synthetic scene, found through the whole chain (by area overlap). Recall is
+    # high; precision is bounded by the 2024 maps (a model of 2023 only, 10 dates a year: two tiles' 2024 maps
+    # have OA ~0.85), so every false change must be a map error, not a change-detection error.
+    store = TileStore.from_config(cfg.store)
+    grid = store.read_grid()
+    scene = SyntheticScene(**cfg.download.source.model_dump(exclude={"kind"}))
+    truth_parts, false_px, false_on_map_errors = [], 0, 0
+    for tile in grid:
+        mask = scene.change_mask(tile.core_grid, 2023, 2024).astype(np.uint8)
+        truth_parts += [shape(g) for g, v in shapes(mask, mask=mask > 0, transform=tile.core_grid.transform)]
+        detected_px = store.open_tile("change", "2023-2024", tile.tile_id).read("status", tile.core_window) == 2
+        map_error = np.zeros(mask.shape, bool)
+        for year in (2023, 2024):
+            labels = store.open_tile("postprocess", year, tile.tile_id).read("labels", tile.core_window)
+            map_error |= labels != scene.land_cover(tile.core_grid, year)
+        false_px += (detected_px & (mask == 0)).sum()
+        false_on_map_errors += (detected_px & (mask == 0) & map_error).sum()
+    truth = unary_union(truth_parts)
+    layer = read_change_layer(store, (2023, 2024)).to_crs(grid[grid.tile_ids[0]].grid.crs)
+    detected = unary_union(list(layer.geometry))
+    overlap = detected.intersection(truth).area
+    precision, recall = overlap / detected.area, overlap / truth.area
+    assert recall >= 0.9 and precision >= 0.5, (precision, recall)
+    assert false_on_map_errors == false_px  # a false change is always where a year's map is wrong
+    assert (tmp_path / "store" / "report").is_dir()
     status = subprocess.run([*lcms, "status", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert "training 'land-cover': done" in status.stdout
 

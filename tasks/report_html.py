@@ -1,0 +1,347 @@
+"""The report as a self-contained HTML page: map thumbnails (PNG), bar charts and a transition heat map (SVG).
+
+No JavaScript libraries and no network: the page opens from a folder, a bucket or a Prefect
+artifact link alike. `screenshot` renders it in headless Chromium (tests and `lcms report
+--screenshot` use it to check that the page really renders).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jinja2
+import numpy as np
+from markupsafe import Markup
+from PIL import Image
+
+from lcms.grid import Tile
+from lcms.legend import LegendClass
+from lcms.store import TileStore, change_key
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def zone_mosaic(tiles: list[Tile], read, longest_px: int) -> np.ndarray:
+    """A decimated mosaic of the tiles' cores (one UTM zone), with nearest sampling, at most `longest_px` wide.
+
+    `read(tile)` returns the tile's core array; cores of one zone sit on one pixel lattice.
+    """
+    res = tiles[0].grid.resolution
+    left = min(t.core_bounds[0] for t in tiles)
+    top = max(t.core_bounds[3] for t in tiles)
+    width = round((max(t.core_bounds[2] for t in tiles) - left) / res)
+    height = round((top - min(t.core_bounds[1] for t in tiles)) / res)
+    step = max(1, math.ceil(max(width, height) / longest_px))
+    out = np.zeros((math.ceil(height / step), math.ceil(width / step)), dtype=np.uint8)
+    for tile in tiles:
+        row0 = round((top - tile.core_bounds[3]) / res)
+        col0 = round((tile.core_bounds[0] - left) / res)
+        # The first sampled pixel of this tile on the mosaic's lattice (every `step`-th pixel).
+        r_first, c_first = (-row0) % step, (-col0) % step
+        values = read(tile)[r_first::step, c_first::step]
+        r, c = (row0 + r_first) // step, (col0 + c_first) // step
+        h, w = min(values.shape[0], out.shape[0] - r), min(values.shape[1], out.shape[1] - c)
+        out[r : r + h, c : c + w] = values[:h, :w]
+    return out
+
+
+def colorize(codes: np.ndarray, colors: dict[int, str], min_px: int = 320) -> Image.Image:
+    """An RGB image of class codes (0 = white), enlarged with nearest sampling to at least `min_px` wide."""
+    palette = np.full((256, 3), 255, dtype=np.uint8)
+    for code, color in colors.items():
+        palette[code] = _rgb(color)
+    image = Image.fromarray(palette[codes], mode="RGB")
+    scale = max(1, math.ceil(min_px / max(1, codes.shape[1])))
+    return image.resize((codes.shape[1] * scale, codes.shape[0] * scale), Image.Resampling.NEAREST)
+
+
+CHANGE_COLORS = {1: "#e6e6e6", 2: "#d7191c", 3: "#fdae61", 4: "#a6a6a6"}  # status codes of tasks.change
+CHANGE_KEY = {"unchanged": "#e6e6e6", "change": "#d7191c", "low confidence": "#fdae61", "removed": "#a6a6a6"}
+
+
+def write_thumbnails(
+    store: TileStore,
+    tiles: list[Tile],
+    years: list[int],
+    source: str,
+    legend: list[LegendClass],
+    change_years: tuple[int, int] | None,
+    longest_px: int,
+    folder: Path,
+) -> list[dict]:
+    """One PNG per year and UTM zone (and one of the change status), named after what they show."""
+    colors = {c.code: c.color for c in legend}
+    zones: dict[str, list[Tile]] = {}
+    for tile in tiles:
+        zones.setdefault(tile.zone, []).append(tile)
+    thumbnails = []
+    for zone, group in sorted(zones.items()):
+        for year in years:
+
+            def read(tile, year=year):
+                return store.open_tile(source, year, tile.tile_id).read("labels", tile.core_window)
+
+            name = f"map_{year}_{zone}.png"
+            colorize(zone_mosaic(group, read, longest_px), colors).save(folder / name, optimize=True)
+            thumbnails.append({"file": name, "title": f"Land cover {year} (UTM {zone})"})
+        if change_years is not None:
+            key = change_key(*change_years)
+
+            def read_status(tile, key=key):
+                return store.open_tile("change", key, tile.tile_id).read("status", tile.core_window)
+
+            name = f"change_{key}_{zone}.png"
+            colorize(zone_mosaic(group, read_status, longest_px), CHANGE_COLORS).save(folder / name, optimize=True)
+            thumbnails.append({"file": name, "title": f"Change {change_years[0]} → {change_years[1]} (UTM {zone})"})
+    return thumbnails
+
+
+# --------------------------------------------------------------------------- SVG charts
+
+
+def _esc(text: str) -> str:
+    return str(jinja2.utils.markupsafe.escape(text))
+
+
+def bar_chart_svg(
+    legend: list[LegendClass], areas: dict[int, dict[int, float]], width: int = 760, bar_h: int = 12
+) -> str:
+    """Grouped horizontal bars: one group per class, one bar per year (later years lighter)."""
+    years = list(areas)
+    codes = [c.code for c in legend if any(areas[y].get(c.code, 0) > 0 for y in years)]
+    if not codes:
+        return '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="30"><text x="4" y="20">no data</text></svg>'
+    label_w, pad = 170, 6
+    group_h = bar_h * len(years) + pad * 2
+    vmax = max(areas[y].get(c, 0) for y in years for c in codes) or 1.0
+    plot_w = width - label_w - 90
+    names = {c.code: c for c in legend}
+    parts = []
+    for i, code in enumerate(codes):
+        y0 = 20 + i * group_h
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y0 + group_h / 2 + 4}" text-anchor="end">{_esc(names[code].name)}</text>'
+        )
+        for j, year in enumerate(years):
+            value = areas[year].get(code, 0.0)
+            w = plot_w * value / vmax
+            opacity = 1.0 - 0.45 * j / max(1, len(years) - 1)
+            y = y0 + pad + j * bar_h
+            parts.append(
+                f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h - 2}" fill="{names[code].color}" '
+                f'fill-opacity="{opacity:.2f}" stroke="#333" stroke-width="0.5"><title>{year}: {value:.1f} ha</title>'
+                "</rect>"
+            )
+            parts.append(
+                f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 3}" font-size="10">{year}: {value:,.1f} ha</text>'
+            )
+    height = 30 + len(codes) * group_h
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">' + "".join(parts) + "</svg>"
+    )
+
+
+def heatmap_svg(legend: list[LegendClass], matrix: list[list[float]], cell: int = 56) -> str:
+    """The from → to matrix in hectares: rows the earlier year, columns the later one; log colour scale."""
+    names = [c.name for c in legend]
+    n = len(names)
+    label_w, top = 150, 130
+    values = np.asarray(matrix, dtype=float)
+    off_diagonal = values[~np.eye(n, dtype=bool)] if n > 1 else values.ravel()
+    vmax = float(off_diagonal.max()) if off_diagonal.size and off_diagonal.max() > 0 else 1.0
+    parts = []
+    for j, name in enumerate(names):
+        x = label_w + j * cell + cell / 2
+        parts.append(f'<text transform="translate({x},{top - 6}) rotate(-45)" font-size="11">{_esc(name)}</text>')
+    for i, name in enumerate(names):
+        y = top + i * cell
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + cell / 2 + 4}" text-anchor="end" font-size="11">{_esc(name)}</text>'
+        )
+        for j in range(n):
+            v = values[i, j]
+            if i == j:
+                fill, ink = "#f0f0f0", "#555"
+            else:
+                t = math.log1p(v) / math.log1p(vmax) if v > 0 else 0.0
+                fill = f"rgb({255 - int(40 * t)},{int(255 * (1 - t) ** 1.3)},{int(255 * (1 - t))})"
+                ink = "#fff" if t > 0.6 else "#222"
+            parts.append(
+                f'<rect x="{label_w + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
+                f"<title>{_esc(names[i])} → {_esc(names[j])}: {v:.2f} ha</title></rect>"
+            )
+            parts.append(
+                f'<text x="{label_w + j * cell + cell / 2 - 1}" y="{y + cell / 2 + 4}" text-anchor="middle" '
+                f'font-size="10" fill="{ink}">{v:,.1f}</text>'
+            )
+    size_w, size_h = label_w + n * cell + 80, top + n * cell + 10  # room for the last rotated label
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{size_w}" height="{size_h}" '
+        f'font-family="sans-serif">' + "".join(parts) + "</svg>"
+    )
+
+
+# --------------------------------------------------------------------------- page
+
+PAGE = jinja2.Template(
+    """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>LCMS report: {{ data.model }}</title>
+<style>
+ body { font-family: sans-serif; margin: 24px auto; max-width: 1100px; color: #222; }
+ h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 32px; border-bottom: 1px solid #ccc; }
+ table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+ th, td { border: 1px solid #ccc; padding: 3px 8px; } td.n { text-align: right; }
+ .thumbs { display: flex; flex-wrap: wrap; gap: 16px; } figure { margin: 0; }
+ figcaption { font-size: 13px; text-align: center; } .key span { display: inline-block; width: 12px; height: 12px;
+ margin: 0 4px 0 12px; border: 1px solid #555; vertical-align: middle; } .note { color: #666; font-size: 13px; }
+</style>
+</head>
+<body>
+<h1>Land cover report: {{ data.model }}</h1>
+<p class="note">Years {{ data.years | join(", ") }}{% if data.change_years %}; change {{ data.change_years[0] }} →
+{{ data.change_years[1] }}{% endif %}. Areas over the AOI's tiles (cores only), in hectares.</p>
+
+<h2 id="headline">Headline</h2>
+<table id="headline-table">
+<tr><th>class</th>{% for y in data.years %}<th>{{ y }} (ha)</th>{% endfor %}
+{% if data.years | length > 1 %}<th>change (ha)</th>{% endif %}</tr>
+{% for c in legend_rows %}<tr><td><span style="color:{{ c.color }}">■</span> {{ c.name }}</td>
+{% for y in data.years %}<td class="n">{{ "{:,.2f}".format(data.class_areas_ha[y].get(c.code, 0)) }}</td>{% endfor %}
+{% if data.years | length > 1 %}<td class="n">{{ "{:+,.2f}".format(data.class_areas_ha[data.years[-1]].get(c.code, 0)
+ - data.class_areas_ha[data.years[0]].get(c.code, 0)) }}</td>{% endif %}</tr>
+{% endfor %}
+</table>
+
+<h2 id="maps">Maps</h2>
+<div class="key">{% for c in legend_rows %}<span style="background:{{ c.color }}"></span>{{ c.name }}{% endfor %}</div>
+{% if data.change_years %}<div class="key">{% for name, color in change_key.items() %}
+<span style="background:{{ color }}"></span>{{ name }}{% endfor %}</div>{% endif %}
+<div class="thumbs">
+{% for t in data.thumbnails %}<figure><img src="{{ t.file }}" alt="{{ t.title }}"><figcaption>{{ t.title }}
+</figcaption></figure>{% endfor %}
+</div>
+
+<h2 id="areas">Class areas per year</h2>
+{{ bar_chart }}
+{% if data.region_areas_ha %}
+<h2 id="regions">Class areas per region</h2>
+{% for y, regions in data.region_areas_ha.items() %}<h3>{{ y }}</h3>
+<table class="regions"><tr><th>region</th>{% for c in legend_rows %}<th>{{ c.name }}</th>{% endfor %}</tr>
+{% for r, areas in regions.items() %}<tr><td>{{ r }}</td>{% for c in legend_rows %}
+<td class="n">{{ "{:,.2f}".format(areas.get(c.code, 0)) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endfor %}
+{% endif %}
+
+{% if data.change_years %}
+<h2 id="transitions">Transitions {{ data.change_years[0] }} → {{ data.change_years[1] }} (ha, all map pixels)</h2>
+<p class="note">Rows: class in {{ data.change_years[0] }}; columns: class in {{ data.change_years[1] }}. The diagonal
+is unchanged land. Map transitions include classification noise; the change polygons below are filtered by confidence
+and size.</p>
+{{ heatmap }}
+<h2 id="changes">Detected changes</h2>
+<p>{{ data.change_summary.polygons }} change polygons, {{ "{:,.2f}".format(data.change_summary.area_ha) }} ha.</p>
+{% if data.change_summary.transitions %}<table id="change-transitions"><tr><th>from</th><th>to</th><th>polygons</th>
+<th>ha</th></tr>
+{% for t in data.change_summary.transitions %}<tr><td>{{ t["from"] }}</td><td>{{ t["to"] }}</td>
+<td class="n">{{ t.polygons }}</td><td class="n">{{ "{:,.2f}".format(t.area_ha) }}</td></tr>{% endfor %}</table>
+{% else %}<p id="no-changes">No changes passed the filters.</p>{% endif %}
+{% if data.largest_changes %}<h3>Largest changes</h3>
+<table id="largest-changes"><tr><th>#</th><th>from</th><th>to</th><th>ha</th><th>confidence before / after (%)</th>
+<th>score</th><th>lon, lat</th><th>change id</th></tr>
+{% for c in data.largest_changes %}<tr><td>{{ loop.index }}</td><td>{{ c["from"] }}</td><td>{{ c.to }}</td>
+<td class="n">{{ "{:,.2f}".format(c.area_ha) }}</td><td class="n">{{ c.confidence_from }} / {{ c.confidence_to }}</td>
+<td class="n">{{ c.score if c.score is not none else "–" }}</td><td>{{ c.lon }}, {{ c.lat }}</td>
+<td><code>{{ c.change_id }}</code></td></tr>{% endfor %}</table>{% endif %}
+{% endif %}
+
+<h2 id="accuracy">Model accuracy</h2>
+{% if data.accuracy %}<p>Overall accuracy <b>{{ "%.3f" | format(data.accuracy.overall_accuracy) }}</b>, kappa
+{{ "%.3f" | format(data.accuracy.kappa or 0) }}, macro F1 {{ "%.3f" | format(data.accuracy.macro_f1) }}, on
+{{ data.accuracy.n_samples }} test samples.</p>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
+{% for name, m in data.accuracy.per_class.items() %}<tr><td>{{ name }}</td>
+<td class="n">{{ "%.3f" | format(m.precision) }}</td><td class="n">{{ "%.3f" | format(m.recall) }}</td>
+<td class="n">{{ "%.3f" | format(m.f1) }}</td>
+<td class="n">{{ m.support }}</td></tr>{% endfor %}</table>
+{% else %}<p class="note">No trained model named {{ data.model }} in the store.</p>{% endif %}
+
+<p class="note">Files: {% for f in files %}<a href="{{ f }}">{{ f }}</a> {% endfor %}</p>
+<script>
+ // Marks the page once every thumbnail has loaded, so a headless browser check can see it.
+ window.addEventListener("load", () => {
+   const images = [...document.images];
+   document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+   document.body.dataset.images = images.length;
+ });
+</script>
+</body>
+</html>
+""",
+    autoescape=True,
+)
+
+
+def render_html(data, files: list[str]) -> str:
+    legend_rows = [c for c in data.legend if any(data.class_areas_ha[y].get(c.code, 0) > 0 for y in data.years)]
+    heatmap = heatmap_svg(data.legend, data.transitions_ha) if data.transitions_ha is not None else ""
+    return PAGE.render(
+        data=data,
+        legend_rows=legend_rows,
+        change_key=CHANGE_KEY,
+        bar_chart=Markup(bar_chart_svg(legend_rows, data.class_areas_ha)),
+        heatmap=Markup(heatmap),
+        files=files,
+    )
+
+
+# --------------------------------------------------------------------------- headless browser
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Without the background-networking flags Chromium tries to reach Google at start, which these offline hosts refuse.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+
+
+def find_browser() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def screenshot(html: Path, png: Path, width: int = 1200, height: int = 2400, timeout: int = 120) -> str:
+    """Render `html` in headless Chromium: writes `png` and returns the DOM after the page's scripts ran."""
+    browser = find_browser()
+    if browser is None:
+        raise FileNotFoundError(
+            "no Chromium found for the report screenshot: install it (Debian: apt install chromium)"
+        )
+    with tempfile.TemporaryDirectory(prefix="lcms-chromium-") as profile:
+        base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
+        url = Path(html).resolve().as_uri()
+        shot = subprocess.run(
+            [*base, f"--screenshot={Path(png).resolve()}", url], capture_output=True, text=True, timeout=timeout
+        )
+        if shot.returncode != 0 or not Path(png).exists():
+            raise RuntimeError(f"Chromium could not render {html}: {shot.stderr[-1500:]}")
+        dom = subprocess.run(
+            [*base, "--virtual-time-budget=5000", "--dump-dom", url], capture_output=True, text=True, timeout=timeout
+        )
+    return dom.stdout

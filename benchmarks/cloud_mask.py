@@ -4,7 +4,7 @@
 
 Renders one tile (SyntheticScene, `size` × `size` px at 10 m, `dates` acquisitions), saves
 bands / data mask as .npy in a temporary folder, then runs every method in its own
-subprocess, so that each reports its own peak RSS (RUSAGE_SELF of that process):
+subprocess, so that each reports its own peak RSS (VmHWM of that process):
 
 * LCMS at its default 160 m analysis resolution, and at full resolution (10 m);
 * eo-learn 1.5.7 `eolearn.mask.extra.cloud_mask.CloudMaskTask` at its defaults. It has no
@@ -50,13 +50,14 @@ def _worker_lcms(folder: Path, analysis_m: float, out: Path) -> dict:
     bands = np.load(folder / "bands.npy")  # uint16 DN, the whole tile in memory as on eo-learn's side
     data_mask = np.load(folder / "data_mask.npy")
     cloud_mask._booster()  # load the model outside the timing, as eo-learn's side does
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _, mask = cloud_mask.cloud_masks(
         bands, L1C_BANDS, data_mask, 10.0, CloudMaskConfig(analysis_resolution_m=analysis_m)
     )
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    figures = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mib": peak_rss_mib()}
     np.save(out, mask)
-    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
+    return figures
 
 
 def _worker_eolearn(folder: Path, processing_m: float, out: Path) -> dict:
@@ -94,7 +95,7 @@ def _worker_eolearn(folder: Path, processing_m: float, out: Path) -> dict:
     else:
         task = CloudMaskTask(**features, average_over=None, dilation_size=None)  # 4 and 2 px at 10 m -> 0 px
     task.classifier.classifier  # noqa: B018 - load the model outside the timing
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if processing_m == 10:
         mask = task.execute(patch).mask["CLM"][..., 0]
     else:
@@ -106,9 +107,10 @@ def _worker_eolearn(folder: Path, processing_m: float, out: Path) -> dict:
         )
         coarse = task.execute(resize.execute(patch)).mask["CLM"][..., 0].astype(np.uint8)
         mask = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_NEAREST) for c in coarse]).astype(bool)
-    seconds_taken = time.perf_counter() - t0
+    seconds_taken, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    figures = {"seconds": seconds_taken, "cpu_seconds": cpu_seconds, "peak_rss_mib": peak_rss_mib()}
     np.save(out, mask)
-    return {"seconds": seconds_taken, "peak_rss_mib": peak_rss_mib()}
+    return figures
 
 
 # --------------------------------------------------------------------------- driver

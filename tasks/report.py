@@ -28,6 +28,8 @@ from lcms.config import ReportConfig
 from lcms.grid import Tile
 from lcms.legend import LegendClass
 from lcms.store import StoreError, TileStore
+from tasks.change_polygons import read_change_layer, summarise
+from tasks.report_html import render_html, write_thumbnails
 
 M2_PER_HA = 10_000
 
@@ -282,9 +284,6 @@ def build_report(
     folder: Path,
 ) -> ReportData:
     """Count, draw and write the whole report into `folder` (report.html, PNG thumbnails, CSV, JSON)."""
-    from tasks.change_polygons import read_change_layer
-    from tasks.report_html import render_html, write_thumbnails
-
     legend = map_legend(store, tiles, years, source)
     regions = load_regions(cfg, store.storage_options)
     data = ReportData(model=model, years=years, legend=legend, class_areas_ha={})
@@ -297,8 +296,6 @@ def build_report(
         data.change_years = change_years
         data.transitions_ha = transition_matrix(store, tiles, change_years, source, [c.code for c in legend])
         changes = read_change_layer(store, change_years)
-        from tasks.change_polygons import summarise
-
         data.change_summary = summarise(changes, change_years, sorted(set(changes["tile_id"])))
         data.largest_changes = largest_changes(changes, cfg.largest_changes)
     data.accuracy = read_accuracy(store, model)

@@ -1,4 +1,4 @@
-"""Cloud masking: LCMS (tasks/cloud_mask.py) beside eo-learn 1.5.7's CloudMaskTask on one synthetic tile.
+"""Cloud masking: LCMS (tasks/download/cloud_mask.py) beside eo-learn 1.5.7's CloudMaskTask on one synthetic tile.
 
     python benchmarks/cloud_mask.py [--size 500] [--dates 48] [--skip-eolearn-10m]
 
@@ -45,7 +45,7 @@ def _worker_lcms(folder: Path, analysis_m: float, out: Path) -> dict:
 
     from lcms.config import CloudMaskConfig
     from lcms.sentinel2 import L1C_BANDS
-    from tasks import cloud_mask
+    from tasks.download import cloud_mask
 
     bands = np.load(folder / "bands.npy")  # uint16 DN, the whole tile in memory as on eo-learn's side
     data_mask = np.load(folder / "data_mask.npy")
@@ -146,7 +146,7 @@ def main() -> None:
     import numpy as np
 
     from lcms.geometry import PixelGrid
-    from tasks.synthetic import SyntheticScene
+    from tasks.download.synthetic import SyntheticScene
 
     with tempfile.TemporaryDirectory(prefix="lcms-cloud-bench-") as tmp:
         folder = Path(tmp)

@@ -23,7 +23,7 @@ import numpy as np
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_LEGEND
-from tasks.export import TilePiece, export_cog, validate_cog
+from tasks.export.cog import TilePiece, export_cog, validate_cog
 
 RES = 10.0
 BUFFER = 10

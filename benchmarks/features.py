@@ -23,7 +23,7 @@ from lcms.config import FeaturesConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS
 from lcms.store import SPATIAL_CHUNK, TileStore
-from tasks.synthetic import SyntheticScene
+from tasks.download.synthetic import SyntheticScene
 
 RUN_FEATURES = """
 import json, resource, sys, time
@@ -31,7 +31,7 @@ from lcms.config import FeaturesConfig
 from lcms.grid import Tile
 from lcms.geometry import PixelGrid
 from lcms.store import TileStore
-from tasks.features import features_tile
+from tasks.features.tile import features_tile
 args = json.loads(sys.argv[1])
 store = TileStore(args["store"])
 grid = PixelGrid.from_attrs(args["grid"])

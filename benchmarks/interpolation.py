@@ -1,4 +1,4 @@
-"""Temporal interpolation: LCMS (tasks/temporal.py) beside eo-learn 1.5.7's LinearInterpolationTask.
+"""Temporal interpolation: LCMS (tasks/features/temporal.py) beside eo-learn 1.5.7's LinearInterpolationTask.
 
     python benchmarks/interpolation.py [--size 500] [--dates 48] [--features 1 12] [--step 16]
 
@@ -8,7 +8,7 @@ valid mask / times / target dates as .npy in a temporary folder, then runs each 
 its own subprocess, so that each reports its own peak RSS (VmHWM of that process).
 Both run single-threaded (OMP/MKL/OPENBLAS/NUMBA threads = 1), so the ratio is per core.
 
-* LCMS: `tasks.temporal.interpolate` on the whole block at once;
+* LCMS: `tasks.features.temporal.interpolate` on the whole block at once;
 * eo-learn 1.5.7: `eolearn.features.extra.interpolation.LinearInterpolationTask` with the
   valid mask as `mask_feature` and the same target dates as `resample_range`. Its numba
   kernel is compiled on a tiny patch first, outside the timing ("warm"); the compile time
@@ -55,7 +55,7 @@ def _worker_lcms(folder: Path, out: Path, repeats: int) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    from tasks.temporal import interpolate
+    from tasks.features.temporal import interpolate
 
     values = np.load(folder / "values.npy")
     valid = np.load(folder / "valid.npy")
@@ -220,7 +220,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from lcms.config import DateGridConfig
-    from tasks.temporal import date_grid
+    from tasks.features.temporal import date_grid
 
     targets = date_grid(2023, DateGridConfig(step_days=args.step))
     eo_python = None if args.skip_eolearn else ensure_eolearn_venv(args.eolearn_venv)

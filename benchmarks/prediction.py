@@ -4,7 +4,7 @@
 
 The tile (default 1000 × 1000 px at 10 m) is real LCMS features: a SyntheticScene rendering
 (`dates` acquisitions in 2023, true clouds as the cloud mask) goes through the features
-stage (`tasks.features.features_tile`, default FeaturesConfig: 6 bands + 6 indices
+stage (`tasks.features.tile.features_tile`, default FeaturesConfig: 6 bands + 6 indices
 interpolated onto 23 dates, stored as int16 in a local Zarr store), i.e. 276 columns per pixel.
 One LightGBM model is trained (single-threaded, not timed) on 20 000 pixels of that tile, the
 scene's land cover (6 classes) as labels, with lightgbm's sklearn
@@ -21,7 +21,7 @@ Each side runs in its own subprocess (peak RSS is that process's own VmHWM), wit
 number of LightGBM threads (`--threads`, default 2 = the cores of the benchmark machine; also
 OMP_NUM_THREADS; the classifier's n_jobs). Timed, best of `--repeats` runs (first run in brackets):
 
-* LCMS end to end: `tasks.prediction_tile.prediction_tile` (model fetched from the store and
+* LCMS end to end: `tasks.prediction.tile.prediction_tile` (model fetched from the store and
   cached per process, features read block by block from Zarr and unpacked to float32 with NaN,
   one LightGBM pass per 256² block, labels/probabilities/confidence written to Zarr). A
   breakdown says how much of it is LightGBM (`tasks.training.predict`) and the int16 unpack.
@@ -112,13 +112,13 @@ def _worker_lcms(folder: Path, threads: int, repeats: int) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(REPO))
-    import tasks.prediction_tile as prediction_tile_module
+    import tasks.prediction.tile as prediction_tile_module
     from lcms.config import PredictionConfig
     from lcms.geometry import PixelGrid
     from lcms.grid import Tile
     from lcms.store import TileStore
-    from tasks.features import unpack
-    from tasks.training import predict
+    from tasks.features.tile import unpack
+    from tasks.training.model import predict
 
     store = TileStore(str(folder / "store"))
     grid = PixelGrid.from_attrs(json.loads((folder / "grid.json").read_text()))
@@ -309,8 +309,8 @@ def make_features(store, grid, n_dates: int):
     from lcms.grid import Tile
     from lcms.sentinel2 import L1C_BANDS
     from lcms.store import SPATIAL_CHUNK
-    from tasks.features import features_tile
-    from tasks.synthetic import SyntheticScene
+    from tasks.download.synthetic import SyntheticScene
+    from tasks.features.tile import features_tile
 
     scene = SyntheticScene(seed=2, dates_per_year=n_dates)
     times = scene.acquisition_dates(YEAR)
@@ -338,7 +338,7 @@ def train_and_store(store, folder: Path, values, no_valid, land_cover, names, da
     import numpy as np
 
     from lcms.legend import LULC_LEGEND
-    from tasks.training import load_model, save_model
+    from tasks.training.model import load_model, save_model
 
     t, h, w, f = values.shape
     columns = [f"{name}@{str(d)[:10]}" for d in dates for name in names]  # date-major, as the samples stage
@@ -393,7 +393,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from lcms.geometry import PixelGrid
     from lcms.store import TileStore
-    from tasks.features import unpack
+    from tasks.features.tile import unpack
 
     eo_python = ensure_eolearn_venv(args.eolearn_venv)
     x0, y0 = ORIGIN

@@ -6,7 +6,7 @@ The issue-5 experiment, run through the store-backed stage tasks (no Prefect nee
 
 1. features: the patch's NDVI frames of the year (eopatch/data/NDVI.npy) with valid = IS_DATA and
    not CLM, frames with valid coverage >= 0.8, interpolated onto the 16-day grid of the year
-   (tasks/temporal.py), written to the store as the features stage writes them (int16);
+   (tasks/features/temporal.py), written to the store as the features stage writes them (int16);
 2. reference stage: vector_timeless/LULC.gpkg rasterised onto the patch grid, eroded by 1 px;
 3. sampling stage: every eligible pixel (fraction 1);
 4. merge stage, split `halves`: the west half trains (10 % of all samples held back for early
@@ -29,13 +29,13 @@ from lcms.config import DateGridConfig, MergeConfig, ReferenceConfig, SamplingCo
 from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.features import pack
-from tasks.merge import merge_samples
-from tasks.reference_tile import reference_tile, reference_version
-from tasks.sampling_tile import sampling_tile
-from tasks.temporal import date_grid, interpolate
-from tasks.training import metrics_markdown
-from tasks.training_stage import training_stage
+from tasks.features.temporal import date_grid, interpolate
+from tasks.features.tile import pack
+from tasks.merge.dataset import merge_samples
+from tasks.reference.tile import reference_tile, reference_version
+from tasks.sampling.tile import sampling_tile
+from tasks.training.model import metrics_markdown
+from tasks.training.stage import training_stage
 
 PATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "slovenia-testpatch" / "eopatch"
 TILE_ID = "33N_patch"

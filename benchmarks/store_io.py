@@ -20,7 +20,7 @@ import numpy as np
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS
 from lcms.store import SPATIAL_CHUNK, TileStore
-from tasks.synthetic import SyntheticScene
+from tasks.download.synthetic import SyntheticScene
 
 
 def peak_rss_mib() -> float:

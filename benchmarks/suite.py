@@ -74,7 +74,7 @@ STAGES = [
         "cloud mask",
         "lcms_cloud_mask",
         "eolearn_cloud_mask",
-        "tasks.cloud_mask.cloud_masks, 160 m analysis (default)",
+        "tasks.download.cloud_mask.cloud_masks, 160 m analysis (default)",
         "CloudMaskTask, 10 m (its defaults)",
         "Mpx·dates/s",
     ),
@@ -92,7 +92,7 @@ STAGES = [
         "indices",
         "lcms_indices",
         "eolearn_indices",
-        "tasks.indices.feature_stack (uint16 DN in)",
+        "tasks.features.indices.feature_stack (uint16 DN in)",
         "3 × NormalizedDifferenceIndexTask + MergeFeatureTask",
         "Mpx·dates/s",
     ),
@@ -101,7 +101,7 @@ STAGES = [
         "interpolation",
         "lcms_interpolation",
         "eolearn_interpolation",
-        "tasks.temporal.interpolate",
+        "tasks.features.temporal.interpolate",
         "LinearInterpolationTask",
         "Mpx·dates/s",
     ),
@@ -163,12 +163,12 @@ def prepare(folder: Path, args) -> dict:
     from lcms.geometry import PixelGrid
     from lcms.sentinel2 import L1C_BANDS
     from lcms.store import TileStore
-    from tasks.cloud_mask import cloud_masks, valid_coverage, valid_mask
-    from tasks.features import pack
-    from tasks.indices import feature_stack
-    from tasks.reference import erode_labels
-    from tasks.synthetic import SyntheticScene
-    from tasks.temporal import date_grid, interpolate
+    from tasks.download.cloud_mask import cloud_masks, valid_coverage, valid_mask
+    from tasks.download.synthetic import SyntheticScene
+    from tasks.features.indices import feature_stack
+    from tasks.features.temporal import date_grid, interpolate
+    from tasks.features.tile import pack
+    from tasks.reference.polygons import erode_labels
 
     (folder / "out").mkdir(parents=True)
     (folder / "interp").mkdir()

@@ -114,7 +114,7 @@ def _lcms_tile(folder: Path):
 
 
 def lcms_cloud_mask(folder: Path, threads: int) -> dict:
-    """tasks.cloud_mask.cloud_masks at its default 160 m analysis resolution (benchmarks/cloud_mask.py)."""
+    """tasks.download.cloud_mask.cloud_masks at its default 160 m analysis resolution (benchmarks/cloud_mask.py)."""
     import cloud_mask as bench
 
     _lcms_path()
@@ -132,7 +132,7 @@ def lcms_filter(folder: Path, threads: int) -> dict:
     _lcms_path()
     from lcms.config import FeaturesConfig
     from lcms.sentinel2 import L1C_BANDS
-    from tasks.cloud_mask import valid_coverage, valid_mask
+    from tasks.download.cloud_mask import valid_coverage, valid_mask
 
     bands = np.load(folder / "bands.npy")
     data_mask = np.load(folder / "data_mask.npy")
@@ -152,11 +152,11 @@ def lcms_filter(folder: Path, threads: int) -> dict:
 
 
 def lcms_indices(folder: Path, threads: int) -> dict:
-    """tasks.indices.feature_stack: reflectances and NDVI/NDWI/NDBI from uint16 DN of the kept frames."""
+    """tasks.features.indices.feature_stack: reflectances and NDVI/NDWI/NDBI from uint16 DN of the kept frames."""
     import numpy as np
 
     _lcms_path()
-    from tasks.indices import feature_stack
+    from tasks.features.indices import feature_stack
 
     bands = np.load(folder / "bands6_kept.npy")
     with Timer() as t:
@@ -167,14 +167,14 @@ def lcms_indices(folder: Path, threads: int) -> dict:
 
 
 def lcms_interpolation(folder: Path, threads: int) -> dict:
-    """tasks.temporal.interpolate on the kept frames (benchmarks/interpolation.py's worker)."""
+    """tasks.features.temporal.interpolate on the kept frames (benchmarks/interpolation.py's worker)."""
     import interpolation as bench
 
     return bench._worker_lcms(folder / "interp", folder / "out" / "lcms_interpolation.npy", 1)
 
 
 def lcms_sampling(folder: Path, threads: int) -> dict:
-    """Reference erosion (tasks.reference.erode_labels) and its store write, then tasks.sampling_tile.sampling_tile.
+    """Reference erosion (tasks.reference.erode_labels) and its store write, then tasks.sampling.tile.sampling_tile.
 
     The features are read from the tile store (written by the driver as the features stage would),
     the samples written to it: Zarr I/O is part of this row.
@@ -184,8 +184,8 @@ def lcms_sampling(folder: Path, threads: int) -> dict:
     _lcms_path()
     from lcms.config import SamplingConfig
     from lcms.legend import LULC_LEGEND
-    from tasks.reference import erode_labels
-    from tasks.sampling_tile import sampling_tile
+    from tasks.reference.polygons import erode_labels
+    from tasks.sampling.tile import sampling_tile
 
     store, tile = _lcms_tile(folder)
     labels = np.load(folder / "labels_train.npy")
@@ -209,8 +209,8 @@ def lcms_training(folder: Path, threads: int) -> dict:
 
     _lcms_path()
     from lcms.legend import LULC_LEGEND
-    from tasks.features import unpack
-    from tasks.training import save_model, train_model
+    from tasks.features.tile import unpack
+    from tasks.training.model import save_model, train_model
 
     store, _ = _lcms_tile(folder)
     info = meta(folder)
@@ -230,12 +230,12 @@ def lcms_training(folder: Path, threads: int) -> dict:
 
 
 def lcms_prediction(folder: Path, threads: int) -> dict:
-    """tasks.prediction_tile.prediction_tile: Zarr features → LightGBM per 256² block → Zarr labels."""
+    """tasks.prediction.tile.prediction_tile: Zarr features → LightGBM per 256² block → Zarr labels."""
     import numpy as np
 
     _lcms_path()
     from lcms.config import PredictionConfig
-    from tasks.prediction_tile import prediction_tile
+    from tasks.prediction.tile import prediction_tile
 
     store, tile = _lcms_tile(folder)
     with Timer() as t:
@@ -260,8 +260,8 @@ def lcms_store_write(folder: Path, threads: int) -> dict:
     from lcms.config import DownloadConfig, FeaturesConfig
     from lcms.sentinel2 import L1C_BANDS
     from lcms.store import TileStore
-    from tasks.cloud_mask import valid_coverage
-    from tasks.features import pack
+    from tasks.download.cloud_mask import valid_coverage
+    from tasks.features.tile import pack
 
     _, tile = _lcms_tile(folder)
     info = meta(folder)
@@ -297,7 +297,7 @@ def lcms_store_read(folder: Path, threads: int) -> dict:
 
     _lcms_path()
     from lcms.store import TileStore
-    from tasks.features import unpack
+    from tasks.features.tile import unpack
 
     store = TileStore(str(folder / "store_io"))
     with Timer() as t:
@@ -559,8 +559,8 @@ def _tile_grid(size: int, index: int = 0):
 def _download(store, tile, dates: int) -> dict:
     """The download stage (synthetic source, s2cloudless at 160 m, the product's defaults) on one tile."""
     from lcms.config import DownloadConfig, SyntheticSourceConfig
-    from tasks.download import download_tile
-    from tasks.sources import make_source
+    from tasks.download.sources import make_source
+    from tasks.download.tile import download_tile
 
     cfg = DownloadConfig(source=SyntheticSourceConfig(dates_per_year=dates))
     source = _TimedSource(make_source(cfg.source))
@@ -572,7 +572,7 @@ def _download(store, tile, dates: int) -> dict:
 def _features(store, tile) -> dict:
     """The features stage at the product's defaults (6 bands + 6 indices, 23 dates, int16)."""
     from lcms.config import FeaturesConfig
-    from tasks.features import features_tile
+    from tasks.features.tile import features_tile
 
     t0 = time.perf_counter()
     features_tile(store, tile, YEAR, FeaturesConfig())
@@ -594,7 +594,8 @@ def _scaling_tile(index: int, store_url: str, size: int, dates: int) -> dict:
 
 def _warm_worker() -> bool:
     """Imports and the s2cloudless model, before the clock starts."""
-    from tasks import cloud_mask, download, features  # noqa: F401
+    from tasks.download import cloud_mask, tile  # noqa: F401
+    from tasks.features import tile as features_tile  # noqa: F401
 
     cloud_mask._booster()
     return True

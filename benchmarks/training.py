@@ -22,7 +22,7 @@ Datasets (the test split is never seen by either contender):
   held back as LCMS's validation split), the east half tests;
 * "Slovenia 2016+2017": the same, with 2016 and 2017 each interpolated onto its own year's
   grid and the samples of both years stacked (about twice as many samples);
-* "synthetic": one `tasks.synthetic.SyntheticScene` tile (500 × 500 px, 200 × 200 with
+* "synthetic": one `tasks.download.synthetic.SyntheticScene` tile (500 × 500 px, 200 × 200 with
   --quick) of 2023: NDVI, NDWI and B02/B04/B08/B11 reflectance, frames with true valid
   coverage >= 0.8 (true cloud mask, no cloud detector), interpolated onto the 16-day grid;
   100k uniformly sampled pixels of the eroded land cover (15k with --quick), split by
@@ -59,12 +59,12 @@ from lcms.config import DateGridConfig, FeaturesConfig  # noqa: E402
 from lcms.geometry import PixelGrid  # noqa: E402
 from lcms.legend import LULC_LEGEND  # noqa: E402
 from lcms.sentinel2 import L1C_BANDS  # noqa: E402
-from tasks.indices import feature_stack  # noqa: E402
-from tasks.reference import erode_labels, load_reference, rasterize_reference  # noqa: E402
-from tasks.sampling import gather_samples, sample_pixels, split_by_blocks, split_halves  # noqa: E402
-from tasks.synthetic import SyntheticScene  # noqa: E402
-from tasks.temporal import date_grid, interpolate  # noqa: E402
-from tasks.training import predict_labels, train_model  # noqa: E402
+from tasks.download.synthetic import SyntheticScene  # noqa: E402
+from tasks.features.indices import feature_stack  # noqa: E402
+from tasks.features.temporal import date_grid, interpolate  # noqa: E402
+from tasks.reference.polygons import erode_labels, load_reference, rasterize_reference  # noqa: E402
+from tasks.sampling.samples import gather_samples, sample_pixels, split_by_blocks, split_halves  # noqa: E402
+from tasks.training.model import predict_labels, train_model  # noqa: E402
 
 SYNTHETIC_FEATURES = ("NDVI", "NDWI", "B02", "B04", "B08", "B11")
 SYNTHETIC_ORIGIN = (500_000.0, 5_100_000.0)  # EPSG:32633, metres

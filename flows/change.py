@@ -15,8 +15,8 @@ from flows.common import collect, finish_stage, prepare_stage, require_inputs, r
 from lcms.config import ChangeConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import StoreError, TileStore, change_key
-from tasks.change_polygons import postgis_dsn, write_change_layer
-from tasks.change_tile import STAGE, change_params_hash, change_tile, input_hashes, input_stages
+from tasks.change.polygons import postgis_dsn, write_change_layer
+from tasks.change.tile import STAGE, change_params_hash, change_tile, input_hashes, input_stages
 
 
 class ChangeYearsError(ValueError):

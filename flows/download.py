@@ -9,7 +9,7 @@ from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import DownloadConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.download import STAGE, download_params_hash, download_tile
+from tasks.download.tile import STAGE, download_params_hash, download_tile
 
 
 @task(

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import prepare_stage, require_inputs
 from lcms.config import ExportConfig, RunConfig, StoreConfig, TileSubset
 from lcms.store import TileStore
-from tasks.export_maps import STAGE, export_year
+from tasks.export.maps import STAGE, export_year
 
 
 @task(name="export-year", cache_policy=NO_CACHE, task_run_name="maps/{year}")

@@ -9,7 +9,7 @@ from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import FeaturesConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import StoreError, TileStore
-from tasks.features import INPUT_STAGE, STAGE, features_params_hash, features_tile
+from tasks.features.tile import INPUT_STAGE, STAGE, features_params_hash, features_tile
 
 
 @task(

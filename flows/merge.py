@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import prepare_stage, require_inputs
 from lcms.config import MergeConfig, RunConfig, StoreConfig, TileSubset
 from lcms.store import TileStore
-from tasks.merge import INPUT_STAGE, STAGE, merge_params_hash, merge_samples, sampling_inputs
+from tasks.merge.dataset import INPUT_STAGE, STAGE, merge_params_hash, merge_samples, sampling_inputs
 
 
 @task(name="merge-samples", cache_policy=NO_CACHE)

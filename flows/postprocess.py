@@ -9,7 +9,7 @@ from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import PostprocessConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import StoreError, TileStore
-from tasks.postprocess_tile import INPUT_STAGE, STAGE, postprocess_params_hash, postprocess_tile
+from tasks.postprocess.tile import INPUT_STAGE, STAGE, postprocess_params_hash, postprocess_tile
 
 
 @task(

@@ -9,7 +9,7 @@ from flows.common import prepare_stage, run_stage, run_tile, submit_tiles
 from lcms.config import PredictionConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import StoreError, TileStore
-from tasks.prediction_tile import (
+from tasks.prediction.tile import (
     INPUT_STAGE,
     STAGE,
     check_features_match,

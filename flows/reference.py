@@ -9,8 +9,8 @@ from flows.common import prepare_stage, run_stage, run_tile, submit_tiles
 from lcms.config import ReferenceConfig, RunConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.reference import ReferenceError, intersects
-from tasks.reference_tile import STAGE, reference_params_hash, reference_polygons, reference_tile, reference_version
+from tasks.reference.polygons import ReferenceError, intersects
+from tasks.reference.tile import STAGE, reference_params_hash, reference_polygons, reference_tile, reference_version
 
 
 @task(

@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import StageInputError, prepare_stage, require_inputs
 from lcms.config import ReportConfig, RunConfig, StoreConfig, TileSubset
 from lcms.store import TileStore, change_key
-from tasks.change_polygons import PRODUCT as CHANGE_PRODUCT
-from tasks.report import build_report, headline_markdown
+from tasks.change.polygons import PRODUCT as CHANGE_PRODUCT
+from tasks.report.build import build_report, headline_markdown
 
 STAGE = "report"
 

@@ -9,7 +9,7 @@ from flows.common import run_stage, run_tile, submit_tiles
 from lcms.config import RunConfig, SamplingConfig, StoreConfig, TileSubset
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.sampling_tile import INPUT_STAGES, STAGE, input_hashes, sampling_params_hash, sampling_tile
+from tasks.sampling.tile import INPUT_STAGES, STAGE, input_hashes, sampling_params_hash, sampling_tile
 
 
 @task(

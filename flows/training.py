@@ -13,8 +13,8 @@ from flows.common import StageInputError, prepare_stage
 from lcms.config import RunConfig, StoreConfig, TileSubset, TrainingConfig
 from lcms.grid import TileSelectionError
 from lcms.store import TileStore
-from tasks.training import PLOT_FILES
-from tasks.training_stage import INPUT_STAGE, STAGE, SUMMARY_FILE, training_params_hash, training_stage
+from tasks.training.model import PLOT_FILES
+from tasks.training.stage import INPUT_STAGE, STAGE, SUMMARY_FILE, training_params_hash, training_stage
 
 
 @task(name="train-model", cache_policy=NO_CACHE)

@@ -49,12 +49,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lcms.config import ConfigError
     from lcms.grid import AoiError, TileSelectionError
     from lcms.store import StoreError
-    from tasks.change_tile import ChangeError
-    from tasks.merge import MergeError
-    from tasks.prediction_tile import PredictionError
-    from tasks.reference import ReferenceError
-    from tasks.report import ReportError
-    from tasks.training_stage import TrainingError
+    from tasks.change.tile import ChangeError
+    from tasks.merge.dataset import MergeError
+    from tasks.prediction.tile import PredictionError
+    from tasks.reference.polygons import ReferenceError
+    from tasks.report.build import ReportError
+    from tasks.training.stage import TrainingError
 
     return (
         ConfigError,
@@ -165,7 +165,7 @@ def synthetic_reference(
     from flows.common import load_grid
     from lcms.config import SyntheticSourceConfig
     from lcms.store import TileStore
-    from tasks.synthetic import SyntheticScene, area_reference_polygons
+    from tasks.download.synthetic import SyntheticScene, area_reference_polygons
 
     cfg = _load(config)
     source = cfg.download.source

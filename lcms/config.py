@@ -205,7 +205,7 @@ ClusterConfig = Annotated[LocalClusterConfig | EC2ClusterConfig, Field(discrimin
 
 
 class SyntheticSourceConfig(StrictModel):
-    """Realistic synthetic Sentinel-2 L1C tiles (tasks/synthetic.py); needs no credentials."""
+    """Realistic synthetic Sentinel-2 L1C tiles (tasks/download/synthetic.py); needs no credentials."""
 
     kind: Literal["synthetic"] = "synthetic"
     seed: int = 0
@@ -385,7 +385,7 @@ class SamplingConfig(StrictModel):
     pixels gives all it has). Eligible: labelled after the negative buffer, with at least one
     valid observation in the year, and inside the tile's core, so that neighbouring tiles'
     overlaps are never sampled twice. `stratified` samples each class on its own, up to
-    `max_per_class`; the rules are in tasks/sampling.py.
+    `max_per_class`; the rules are in tasks/sampling/samples.py.
     """
 
     fraction: float | None = Field(None, gt=0, le=1, description="Share of the eligible pixels per tile.")

@@ -54,7 +54,7 @@ from shapely.geometry import box, mapping, shape
 
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.synthetic import SyntheticScene
+from tasks.download.synthetic import SyntheticScene
 
 TOKEN_PATHS = ("/auth/realms/main/protocol/openid-connect/token", "/auth/realms/CDSE/protocol/openid-connect/token")
 CATALOG_SEARCH_PATH = "/api/v1/catalog/1.0.0/search"

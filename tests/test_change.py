@@ -20,10 +20,10 @@ from flows.common import StageInputError, TileFailures, load_grid
 from lcms.config import DateGridConfig, parse_config
 from lcms.legend import LULC_LEGEND
 from lcms.store import TileStore, change_key
-from tasks.change import STATUS, ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
-from tasks.change_polygons import read_change_layer
-from tasks.features import pack
-from tasks.temporal import date_grid
+from tasks.change.detect import STATUS, ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
+from tasks.change.polygons import read_change_layer
+from tasks.features.temporal import date_grid
+from tasks.features.tile import pack
 
 LEGEND_ATTR = [c.__dict__ for c in LULC_LEGEND]
 YEARS = (2023, 2024)
@@ -327,7 +327,7 @@ def test_planted_changes_are_found_with_precision_and_recall_above_0_9(planted, 
 def test_report_numbers_match_an_independent_count_and_the_page_renders(planted, prefect_server, tmp_path):
     from flows.change import change_flow
     from flows.report import report_flow
-    from tasks.report_html import find_browser, screenshot
+    from tasks.report.html import find_browser, screenshot
 
     cfg, store, grid = planted
     regions_path = tmp_path / "regions.gpkg"
@@ -459,7 +459,7 @@ def test_polygons_go_to_postgis_and_operator_decisions_survive_a_rerun(
 
     from flows.change import change_flow
     from lcms.config import PostgisConfig
-    from tasks.change_postgis import read_changes_postgis
+    from tasks.change.postgis import read_changes_postgis
 
     cfg, store, grid = planted
     monkeypatch.setenv("LCMS_TEST_POSTGIS", postgis_dsn)

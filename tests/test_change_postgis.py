@@ -1,4 +1,4 @@
-"""tasks/change_postgis.py against a real PostgreSQL + PostGIS server (tests/postgis_server.py)."""
+"""tasks/change/postgis.py against a real PostgreSQL + PostGIS server (tests/postgis_server.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from psycopg import sql
 from pyproj import Transformer
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from tasks.change_postgis import (
+from tasks.change.postgis import (
     ChangeStoreError,
     PostgisMissingError,
     read_changes_postgis,
@@ -50,7 +50,7 @@ def change_id(tile: str, years: tuple[int, int], geom) -> str:
 
 
 def make_changes(tile=TILE_33, years=(2020, 2024), shift: float = 0.0, n: int = 4) -> gpd.GeoDataFrame:
-    """`n` change polygons of one tile in its UTM CRS, as tasks/change.py hands them over."""
+    """`n` change polygons of one tile in its UTM CRS, as tasks/change/detect.py hands them over."""
     name, epsg, x0, y0 = tile
     geoms = pixel_polygons(x0 + shift, y0)[:n]
     rows = [
@@ -277,7 +277,7 @@ def test_connection_errors_say_where_and_what_to_do_without_the_password(postgis
     assert "wr0ng-pw" not in str(info.value)
 
     password = psycopg.conninfo.conninfo_to_dict(postgis_dsn)["password"]
-    with caplog.at_level(logging.DEBUG, logger="tasks.change_postgis"):
+    with caplog.at_level(logging.DEBUG, logger="tasks.change.postgis"):
         write_changes_postgis(make_changes(), postgis_dsn, table=table)
     assert f"wrote 4 change polygons to public.{table}" in caplog.text
     assert password not in caplog.text

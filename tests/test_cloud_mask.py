@@ -1,4 +1,4 @@
-"""Cloud masking (tasks/cloud_mask.py): real Sentinel-2 data, synthetic tiles, blocks and halos."""
+"""Cloud masking (tasks/download/cloud_mask.py): real Sentinel-2 data, synthetic tiles, blocks and halos."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from s2cloudless import S2PixelCloudDetector
 from lcms.config import CloudMaskConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS, REFLECTANCE_SCALE
-from tasks import cloud_mask as cm
-from tasks.cloud_mask import cloud_masks, halo_px, valid_coverage, valid_mask
-from tasks.synthetic import SyntheticScene, _date_seconds
+from tasks.download import cloud_mask as cm
+from tasks.download.cloud_mask import cloud_masks, halo_px, valid_coverage, valid_mask
+from tasks.download.synthetic import SyntheticScene, _date_seconds
 
 FULL = CloudMaskConfig(analysis_resolution_m=10)
 COARSE = CloudMaskConfig()

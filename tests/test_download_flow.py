@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import yaml
 
-import tasks.download
+import tasks.download.tile
 from lcms.config import TileSubset, parse_config
 from lcms.grid import TileSelectionError
 from lcms.sentinel2 import L1C_BANDS
 from lcms.store import TileStore
-from tasks.cloud_mask import cloud_masks
-from tasks.download import download_params_hash, download_tile
-from tasks.sources import make_source
+from tasks.download.cloud_mask import cloud_masks
+from tasks.download.sources import make_source
+from tasks.download.tile import download_params_hash, download_tile
 
 
 def synthetic_scene(source_cfg):
@@ -155,7 +155,7 @@ class TestFlows:
         from flows.download import download_flow
 
         cfg = small_config(tmp_path)
-        real = tasks.download.download_tile
+        real = tasks.download.tile.download_tile
         grid_ids = []
 
         def flaky(store, tile, year, download_cfg):

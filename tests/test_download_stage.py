@@ -18,9 +18,9 @@ from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.sentinel2 import L2A_BANDS
 from lcms.store import TileStore
-from tasks.download import download_tile
-from tasks.sentinelhub_source import SentinelHubSource
-from tasks.sources import SourceError, make_source
+from tasks.download.sentinelhub_source import SentinelHubSource
+from tasks.download.sources import SourceError, make_source
+from tasks.download.tile import download_tile
 
 
 @pytest.fixture(scope="module")

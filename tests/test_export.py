@@ -1,4 +1,4 @@
-"""Export stage (tasks/export.py): COG mosaics of tile cores, legends, reprojection, S3, STAC items."""
+"""Export stage (tasks/export/cog.py): COG mosaics of tile cores, legends, reprojection, S3, STAC items."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from shapely.geometry import box, mapping
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_LEGEND
-from tasks.export import (
+from tasks.export.cog import (
     ExportResult,
     TilePiece,
     export_cog,

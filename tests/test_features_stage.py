@@ -10,9 +10,9 @@ from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.sentinel2 import L1C_BANDS
 from lcms.store import TileStore
-from tasks.download import download_tile
-from tasks.features import INT16_FILL, features_tile
-from tasks.temporal import date_grid
+from tasks.download.tile import download_tile
+from tasks.features.temporal import date_grid
+from tasks.features.tile import INT16_FILL, features_tile
 
 B04, B08 = L1C_BANDS.index("B04"), L1C_BANDS.index("B08")
 

@@ -21,8 +21,8 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from lcms.config import FileSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS, NATIVE_RESOLUTION_M, REFLECTANCE_SCALE
-from tasks.file_source import FileSource
-from tasks.sources import SourceError
+from tasks.download.file_source import FileSource
+from tasks.download.sources import SourceError
 
 SIZE = 96
 GRID = PixelGrid("EPSG:32633", (10.0, 0.0, 465_180.0, 0.0, -10.0, 5_080_260.0), (SIZE, SIZE))

@@ -11,9 +11,9 @@ import pytest
 from lcms.config import FEATURE_INDICES
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS, REFLECTANCE_SCALE
-from tasks import indices
-from tasks.indices import INDEX_BANDS, check_features, feature_stack
-from tasks.synthetic import SyntheticScene
+from tasks.download.synthetic import SyntheticScene
+from tasks.features import indices
+from tasks.features.indices import INDEX_BANDS, check_features, feature_stack
 
 # (a, b) of each normalised difference (a - b) / (a + b), written out independently of the module.
 PAIRS = {"NDVI": ("B08", "B04"), "NDWI": ("B03", "B08"), "NDBI": ("B11", "B08")}

@@ -24,13 +24,13 @@ from flows.common import load_grid
 from lcms.config import MergeConfig, SamplingConfig, TrainingConfig, parse_config
 from lcms.legend import LULC_LEGEND
 from lcms.store import SPLIT_CODES, TileStore
-from tasks.change_polygons import read_change_layer
-from tasks.features import pack
-from tasks.merge import MergeError, merge_samples
-from tasks.sampling_tile import sampling_tile
-from tasks.synthetic import SyntheticScene
-from tasks.training import PLOT_FILES, predict_labels
-from tasks.training_stage import TrainingError, fetch_model, training_stage
+from tasks.change.polygons import read_change_layer
+from tasks.download.synthetic import SyntheticScene
+from tasks.features.tile import pack
+from tasks.merge.dataset import MergeError, merge_samples
+from tasks.sampling.tile import sampling_tile
+from tasks.training.model import PLOT_FILES, predict_labels
+from tasks.training.stage import TrainingError, fetch_model, training_stage
 
 LEGEND_ATTR = [c.__dict__ for c in LULC_LEGEND]
 FEATURES = ["NDVI", "B04"]
@@ -53,7 +53,7 @@ def run_config(tmp_path, width_m=7_500, **changes):
 def dates_of(year: int, n: int = 4) -> np.ndarray:
     """The first dates of a 60-day date grid, as the features stage makes them (same offsets every year)."""
     from lcms.config import DateGridConfig
-    from tasks.temporal import date_grid
+    from tasks.features.temporal import date_grid
 
     return date_grid(year, DateGridConfig(step_days=60))[:n]
 
@@ -329,8 +329,8 @@ def test_real_patch_through_sampling_merge_and_training(shared_data, tmp_path):
     from lcms.config import DateGridConfig, ReferenceConfig
     from lcms.geometry import PixelGrid
     from lcms.grid import Tile
-    from tasks.reference_tile import reference_tile, reference_version
-    from tasks.temporal import date_grid, interpolate
+    from tasks.features.temporal import date_grid, interpolate
+    from tasks.reference.tile import reference_tile, reference_version
 
     root = shared_data / "slovenia-testpatch" / "eopatch"
     ring = json.loads((root / "bbox.geojson").read_text())["coordinates"][0]
@@ -370,10 +370,10 @@ def test_real_patch_through_sampling_merge_and_training(shared_data, tmp_path):
 
     from lcms.config import ExportConfig, PostprocessConfig, PredictionConfig
     from lcms.grid import AreaGrid
-    from tasks.export import validate_cog
-    from tasks.export_maps import export_year
-    from tasks.postprocess_tile import postprocess_tile
-    from tasks.prediction_tile import prediction_tile
+    from tasks.export.cog import validate_cog
+    from tasks.export.maps import export_year
+    from tasks.postprocess.tile import postprocess_tile
+    from tasks.prediction.tile import prediction_tile
 
     prediction_tile(store, tile, 2017, PredictionConfig(), "land-cover")
     postprocess_tile(store, tile, 2017, PostprocessConfig())

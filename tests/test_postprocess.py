@@ -1,4 +1,4 @@
-"""Tests of tasks.postprocess: majority filter, sieve, superpixel majority, erosion and chains.
+"""Tests of tasks.postprocess.steps: majority filter, sieve, superpixel majority, erosion and chains.
 
 Results are checked against independent computations: brute-force Python loops, scipy.ndimage
 patch labelling, rasterio's (GDAL's) sieve and skimage segmentations made here.
@@ -15,8 +15,8 @@ from rasterio import features
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb, slic
 
-from tasks.postprocess import apply_steps, erode, majority_filter, segment_image, sieve, superpixel_majority
-from tasks.reference import erode_labels
+from tasks.postprocess.steps import apply_steps, erode, majority_filter, segment_image, sieve, superpixel_majority
+from tasks.reference.polygons import erode_labels
 
 LULC_PATH = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slovenia-testpatch" / "eopatch" / "mask_timeless"

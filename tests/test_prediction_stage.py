@@ -9,10 +9,10 @@ from test_model_stages import run_config, sample_all, synthetic_labels, widths, 
 from flows.common import load_grid
 from lcms.config import MergeConfig, PostprocessConfig, PredictionConfig, TileSubset, TrainingConfig
 from lcms.store import TileStore
-from tasks.merge import merge_samples
-from tasks.prediction_tile import PredictionError, load_stored_model, prediction_tile
-from tasks.training import predict_labels, predict_proba_percent
-from tasks.training_stage import training_stage
+from tasks.merge.dataset import merge_samples
+from tasks.prediction.tile import PredictionError, load_stored_model, prediction_tile
+from tasks.training.model import predict_labels, predict_proba_percent
+from tasks.training.stage import training_stage
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_prediction_and_postprocess_flows(trained):
 
 
 def test_superpixel_chain_reads_feature_means(trained):
-    from tasks.postprocess_tile import mean_features, postprocess_tile
+    from tasks.postprocess.tile import mean_features, postprocess_tile
 
     _, store, grid = trained
     tile = grid.tiles[1]
@@ -151,7 +151,7 @@ def test_export_flow_writes_valid_cogs_equal_to_the_tiles(trained, tmp_path):
     from flows.postprocess import postprocess_flow
     from flows.prediction import prediction_flow
     from lcms.config import ExportConfig
-    from tasks.export import validate_cog
+    from tasks.export.cog import validate_cog
 
     cfg, store, grid = trained
     maps = tmp_path / "maps"
@@ -204,9 +204,9 @@ def test_export_to_s3(trained, s3_bucket, s3_endpoint):
     import fsspec
 
     from lcms.config import ExportConfig
-    from tasks.export import validate_cog
-    from tasks.export_maps import export_year
-    from tasks.postprocess_tile import postprocess_tile
+    from tasks.export.cog import validate_cog
+    from tasks.export.maps import export_year
+    from tasks.postprocess.tile import postprocess_tile
 
     _, store, grid = trained
     tiles = grid.select(tile_ids=grid.tile_ids[:2])

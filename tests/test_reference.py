@@ -1,4 +1,4 @@
-"""Tests of tasks.reference: loading, rasterising and eroding reference polygons."""
+"""Tests of tasks.reference.polygons: loading, rasterising and eroding reference polygons."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from shapely.geometry import Polygon, box
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_LEGEND, LegendClass
-from tasks.reference import (
+from tasks.download.synthetic import SyntheticScene
+from tasks.reference.polygons import (
     ReferenceError,
     erode_labels,
     intersects,
     load_reference,
     rasterize_reference,
 )
-from tasks.synthetic import SyntheticScene
 
 UTM33 = "EPSG:32633"
 CROP_LEGEND = (
@@ -383,7 +383,7 @@ def test_invalid_polygon_is_repaired(tmp_path, caplog):
     gdf = gpd.GeoDataFrame({"cls": [3, 1]}, geometry=[bowtie, box(200, 0, 300, 100)], crs=UTM33)
     target = tmp_path / "invalid.gpkg"
     gdf.to_file(target)
-    with caplog.at_level(logging.WARNING, logger="tasks.reference"):
+    with caplog.at_level(logging.WARNING, logger="tasks.reference.polygons"):
         ref = load_reference(str(target), "cls", LULC_LEGEND)
     assert "repaired 1 invalid" in caplog.text
     assert ref.is_valid.all() and len(ref) == 2

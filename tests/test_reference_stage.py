@@ -11,9 +11,9 @@ from lcms.config import ReferenceConfig, parse_config
 from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.reference import ReferenceError, erode_labels
-from tasks.reference_tile import reference_tile, reference_version
-from tasks.synthetic import SyntheticScene
+from tasks.download.synthetic import SyntheticScene
+from tasks.reference.polygons import ReferenceError, erode_labels
+from tasks.reference.tile import reference_tile, reference_version
 
 
 def test_real_patch_through_the_stage_reproduces_the_reference_raster(shared_data, tmp_path):

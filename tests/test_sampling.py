@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tasks.sampling import (
+from tasks.sampling.samples import (
     feature_columns,
     gather_samples,
     sample_pixels,

@@ -21,8 +21,8 @@ from sentinelhub_service import FakeSentinelHub  # tests/ is on sys.path (rootdi
 from lcms.config import SentinelHubSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.sentinelhub_source import SentinelHubSource, resolve_credentials
-from tasks.sources import SourceError
+from tasks.download.sentinelhub_source import SentinelHubSource, resolve_credentials
+from tasks.download.sources import SourceError
 
 YEAR = 2024
 # 1.6 km x 1.2 km in UTM 33N, inside the fake's tile footprint.

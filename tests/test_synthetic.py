@@ -10,7 +10,7 @@ from scipy import ndimage
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_NAMES
 from lcms.sentinel2 import L1C_BANDS, REFLECTANCE_SCALE
-from tasks.synthetic import SyntheticScene, SyntheticTile
+from tasks.download.synthetic import SyntheticScene, SyntheticTile
 
 UTM33 = "EPSG:32633"
 B02, B04, B08, B10 = (L1C_BANDS.index(b) for b in ("B02", "B04", "B08", "B10"))

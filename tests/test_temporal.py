@@ -1,4 +1,4 @@
-"""tasks/temporal.py: date grid, linear interpolation and composites, checked against independent answers.
+"""tasks/features/temporal.py: date grid, linear interpolation and composites, checked against independent answers.
 
 Real data: the Slovenia test EOPatch (NDVI, cloud masks), against per-pixel ``np.interp`` and
 against eo-learn 1.5.7's LinearInterpolationTask run in its own venv (benchmarks/.venv-eolearn).
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lcms.config import DateGridConfig
-from tasks.temporal import composite, date_grid, interpolate
+from tasks.features.temporal import composite, date_grid, interpolate
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = np.timedelta64(86400, "s")

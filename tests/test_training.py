@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from lcms.legend import LULC_LEGEND
-from tasks.training import (
+from tasks.training.model import (
     METADATA_FILE,
     METRICS_FILE,
     MODEL_FILE,

@@ -1,6 +1,6 @@
 """Sentinel-2 scenes already on disk or S3, read onto a tile's grid (`FileSource`).
 
-`FileSource` implements `tasks.sources.BandSource` for a folder of scenes (local, or
+`FileSource` implements `tasks.download.sources.BandSource` for a folder of scenes (local, or
 ``s3://bucket/prefix``). The folder is searched recursively, once, when first needed; only
 file headers are read to build the index. Pixels are read later, block by block, and only the
 window of each file that covers the requested grid.
@@ -82,7 +82,7 @@ from rasterio.windows import Window, from_bounds
 from lcms.config import FileSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.sources import SourceError
+from tasks.download.sources import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import numpy as np
 from lcms.config import PredictionConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
-from tasks.features import unpack
-from tasks.training import predict
-from tasks.training_stage import STAGE as MODEL_STAGE
-from tasks.training_stage import fetch_model
+from tasks.features.tile import unpack
+from tasks.training.model import predict
+from tasks.training.stage import STAGE as MODEL_STAGE
+from tasks.training.stage import fetch_model
 
 STAGE = "prediction"
 INPUT_STAGE = "features"

@@ -16,7 +16,7 @@ from lcms.config import ReferenceConfig, params_hash
 from lcms.grid import Tile
 from lcms.legend import LULC_LEGEND, LegendClass
 from lcms.store import DoneRecord, TileStore
-from tasks.reference import erode_labels, load_reference, rasterize_reference
+from tasks.reference.polygons import erode_labels, load_reference, rasterize_reference
 
 STAGE = "reference"
 

@@ -1,10 +1,10 @@
 """Change stage, tile level: two years' maps of a tile compared, stored as status, polygons and their table.
 
 Plain functions, no Prefect: flows/change.py runs `change_tile` per tile. The array work is in
-tasks/change.py; this module reads the inputs from the store, checks that the two years can be
+tasks/change/detect.py; this module reads the inputs from the store, checks that the two years can be
 compared (same grid, same legend), and writes the `change` stage under the key '<from>-<to>'.
 The polygons' outlines are not stored as vectors here: the `polygon` array holds them exactly,
-and tasks/change_polygons.py turns them into geometries for the GeoPackage and PostGIS.
+and tasks/change/polygons.py turns them into geometries for the GeoPackage and PostGIS.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 from lcms.config import ChangeConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileReader, TileStore, change_key
-from tasks.change import ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
-from tasks.features import unpack
+from tasks.change.detect import ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
+from tasks.features.tile import unpack
 
 STAGE = "change"
 

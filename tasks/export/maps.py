@@ -1,7 +1,7 @@
 """Export stage, AOI level: a year's tile maps as Cloud-Optimised GeoTIFFs with STAC items.
 
 Plain functions, no Prefect: the flow in flows/export.py wraps them. The COG writing itself
-(windowed, tile by tile, so a country never sits in memory) is in tasks/export.py. Per year:
+(windowed, tile by tile, so a country never sits in memory) is in tasks/export/cog.py. Per year:
 
 - one labels map per UTM zone, from the post-processed (or the raw predicted) labels, with the
   legend's colour table and class names; with `export.crs`, one map of the whole AOI in that CRS;
@@ -20,7 +20,7 @@ from lcms.config import ExportConfig
 from lcms.grid import AreaGrid, Tile
 from lcms.legend import LegendClass
 from lcms.store import TileStore
-from tasks.export import TilePiece, export_cog, stac_item, write_stac_item
+from tasks.export.cog import TilePiece, export_cog, stac_item, write_stac_item
 
 STAGE = "export"
 

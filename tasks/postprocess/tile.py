@@ -1,7 +1,7 @@
 """Post-processing stage, tile level: the configured chain of steps over a tile's predicted labels.
 
 Plain functions, no Prefect: the flow in flows/postprocess.py wraps them. The steps themselves
-are array functions in tasks/postprocess.py; this module reads the prediction (and, for
+are array functions in tasks/postprocess/steps.py; this module reads the prediction (and, for
 superpixels, the yearly mean of some features), runs the chain on the whole buffered tile, and
 stores the result as the `postprocess` stage. The prediction stays in the store unchanged.
 """
@@ -13,8 +13,8 @@ import numpy as np
 from lcms.config import PostprocessConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
-from tasks.features import unpack
-from tasks.postprocess import apply_steps
+from tasks.features.tile import unpack
+from tasks.postprocess.steps import apply_steps
 
 STAGE = "postprocess"
 INPUT_STAGE = "prediction"

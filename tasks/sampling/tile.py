@@ -20,7 +20,7 @@ from lcms.config import SamplingConfig, params_hash
 from lcms.grid import Tile
 from lcms.legend import NO_DATA
 from lcms.store import DoneRecord, TileStore
-from tasks.sampling import feature_columns, sample_pixels
+from tasks.sampling.samples import feature_columns, sample_pixels
 
 STAGE = "sampling"
 INPUT_STAGES = ("features", "reference")

@@ -1,7 +1,7 @@
 """Training stage, AOI level: a model from the merged dataset, validated on its test split.
 
 Plain functions, no Prefect: the flow in flows/training.py wraps them. The model-level work
-(LightGBM, files, metrics, plots) is in tasks/training.py; this module reads the merged
+(LightGBM, files, metrics, plots) is in tasks/training/model.py; this module reads the merged
 dataset, checks that it can train a classifier, and stores the result as one file product:
 ``training/<name>/`` with model.txt, model.json, metrics.json, metrics.md and the PNG plots.
 """
@@ -19,8 +19,8 @@ import numpy as np
 from lcms.config import TrainingConfig, params_hash
 from lcms.legend import LegendClass
 from lcms.store import SPLIT_CODES, DoneRecord, TileStore
-from tasks.features import unpack
-from tasks.training import METADATA_FILE, evaluate, load_model, metrics_markdown, save_model, train_model
+from tasks.features.tile import unpack
+from tasks.training.model import METADATA_FILE, evaluate, load_model, metrics_markdown, save_model, train_model
 
 log = logging.getLogger(__name__)
 

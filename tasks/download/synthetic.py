@@ -658,7 +658,7 @@ class SyntheticScene:
 
 
 class SyntheticSource:
-    """The generator behind the download stage's source interface (`tasks.sources.BandSource`)."""
+    """The generator behind the download stage's source interface (`tasks.download.sources.BandSource`)."""
 
     band_names: tuple[str, ...] = L1C_BANDS
 

@@ -25,7 +25,7 @@ from shapely.geometry import MultiPolygon, shape
 from lcms.config import ChangeConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore, change_key
-from tasks.change_tile import ChangeError
+from tasks.change.tile import ChangeError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def write_change_layer(
     summary["url"] = store.file_url(PRODUCT, name, "changes.gpkg")
     summary["attempt"] = record.attempt
     if cfg.postgis is not None:
-        from tasks.change_postgis import write_changes_postgis
+        from tasks.change.postgis import write_changes_postgis
 
         keys = [(t.tile_id, years[0], years[1]) for t in tiles]
         summary["postgis_rows"] = write_changes_postgis(

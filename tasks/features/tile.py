@@ -4,8 +4,8 @@ Plain functions, no Prefect: the flow in flows/features.py wraps them. Per tile 
 
 1. frame filter: frames whose valid coverage is below `min_valid_coverage` are dropped
    (they are never read: the store reads only the kept frames and the needed bands);
-2. per spatial block: reflectances and indices (tasks/indices.py), then linear
-   interpolation onto the year's date grid, or a composite per period (tasks/temporal.py);
+2. per spatial block: reflectances and indices (tasks/features/indices.py), then linear
+   interpolation onto the year's date grid, or a composite per period (tasks/features/temporal.py);
 3. the block is packed (int16 = value × 10000, or float32) and written; pixels without
    any valid observation are marked in `no_valid`.
 
@@ -21,8 +21,8 @@ import numpy as np
 from lcms.config import FeaturesConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
-from tasks.indices import INDEX_BANDS, check_features, feature_stack
-from tasks.temporal import composite, date_grid, interpolate
+from tasks.features.indices import INDEX_BANDS, check_features, feature_stack
+from tasks.features.temporal import composite, date_grid, interpolate
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ def colorize(codes: np.ndarray, colors: dict[int, str], min_px: int = 320) -> Im
     return image.resize((codes.shape[1] * scale, codes.shape[0] * scale), Image.Resampling.NEAREST)
 
 
-CHANGE_COLORS = {1: "#e6e6e6", 2: "#d7191c", 3: "#fdae61", 4: "#a6a6a6"}  # status codes of tasks.change
+CHANGE_COLORS = {1: "#e6e6e6", 2: "#d7191c", 3: "#fdae61", 4: "#a6a6a6"}  # status codes of tasks.change.detect
 CHANGE_KEY = {"unchanged": "#e6e6e6", "change": "#d7191c", "low confidence": "#fdae61", "removed": "#a6a6a6"}
 
 

@@ -62,7 +62,7 @@ import shapely
 from pyproj import CRS
 
 # The layer's columns are owned by the GeoPackage writer; the table has the same ones.
-from tasks.change_polygons import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TEXT_COLUMNS
+from tasks.change.polygons import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TEXT_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -43,15 +43,15 @@ class BandSource(Protocol):
 def make_source(cfg, storage_options: dict | None = None) -> BandSource:
     """The source a `lcms.config` source config describes (synthetic, sentinelhub or files)."""
     if cfg.kind == "synthetic":
-        from tasks.synthetic import SyntheticScene, SyntheticSource
+        from tasks.download.synthetic import SyntheticScene, SyntheticSource
 
         return SyntheticSource(SyntheticScene(**cfg.model_dump(exclude={"kind"})))
     if cfg.kind == "sentinelhub":
-        from tasks.sentinelhub_source import SentinelHubSource
+        from tasks.download.sentinelhub_source import SentinelHubSource
 
         return SentinelHubSource(cfg)
     if cfg.kind == "files":
-        from tasks.file_source import FileSource
+        from tasks.download.file_source import FileSource
 
         return FileSource(cfg, storage_options)
     raise ValueError(f"unknown source kind {cfg.kind!r}")

@@ -19,8 +19,8 @@ import numpy as np
 from lcms.config import DownloadConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
-from tasks import cloud_mask
-from tasks.sources import BandSource, make_source
+from tasks.download import cloud_mask
+from tasks.download.sources import BandSource, make_source
 
 log = logging.getLogger(__name__)
 

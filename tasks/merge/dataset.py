@@ -21,7 +21,7 @@ import numpy as np
 
 from lcms.config import MergeConfig, params_hash
 from lcms.store import SPLIT_CODES, DoneRecord, TileStore
-from tasks.sampling import split_by_blocks, split_by_tile, split_halves
+from tasks.sampling.samples import split_by_blocks, split_by_tile, split_halves
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Change detection over arrays: which pixels changed class between two years, as scored patches.
 
-Plain functions over numpy arrays, no store and no Prefect (tasks/change_tile.py feeds them a
+Plain functions over numpy arrays, no store and no Prefect (tasks/change/tile.py feeds them a
 tile, flows/change.py runs that per tile). The steps, in order:
 
 1. a pixel is *changed* where both years have a label and the labels differ;

@@ -71,7 +71,7 @@ from skimage.measure import label as label_regions
 from skimage.segmentation import felzenszwalb, slic
 
 from lcms.legend import NO_DATA
-from tasks.reference import erode_labels
+from tasks.reference.polygons import erode_labels
 
 __all__ = ["STEPS", "apply_steps", "erode", "majority_filter", "segment_image", "sieve", "superpixel_majority"]
 

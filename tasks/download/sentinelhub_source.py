@@ -85,7 +85,7 @@ from sentinelhub.download.rate_limit import SentinelHubRateLimit
 from lcms.config import SentinelHubSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.sources import SourceError
+from tasks.download.sources import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class _Client(SentinelHubDownloadClient):
 
 
 class SentinelHubSource:
-    """Sentinel-2 L1C or L2A bands from Sentinel Hub (implements `tasks.sources.BandSource`)."""
+    """Sentinel-2 L1C or L2A bands from Sentinel Hub (implements `tasks.download.sources.BandSource`)."""
 
     #: Largest width or height of one Process API request (the service's limit is 2500 px).
     MAX_REQUEST_PX = 2500

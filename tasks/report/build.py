@@ -8,7 +8,7 @@ only (the buffers overlap the neighbours), tile by tile, so a country never sits
 - the change polygons' summary and the largest ones (from the change stage's GeoPackage);
 - the model's accuracy (from the training stage's `metrics.json`).
 
-`build_report` writes the HTML page (tasks/report_html.py), its thumbnails, CSV and JSON into a
+`build_report` writes the HTML page (tasks/report/html.py), its thumbnails, CSV and JSON into a
 folder, which the flow stores as the `report/<model>` product.
 """
 
@@ -28,8 +28,8 @@ from lcms.config import ReportConfig
 from lcms.grid import Tile
 from lcms.legend import LegendClass
 from lcms.store import StoreError, TileStore
-from tasks.change_polygons import read_change_layer, summarise
-from tasks.report_html import render_html, write_thumbnails
+from tasks.change.polygons import read_change_layer, summarise
+from tasks.report.html import render_html, write_thumbnails
 
 M2_PER_HA = 10_000
 
@@ -88,7 +88,7 @@ def load_regions(cfg: ReportConfig, storage_options: dict | None = None) -> Regi
     """The regions file's polygons and names; ReportError naming the problem if it cannot serve."""
     if cfg.regions_path is None:
         return None
-    from tasks.reference import read_vector_file
+    from tasks.reference.polygons import read_vector_file
 
     frame = read_vector_file(cfg.regions_path, storage_options)
     frame = frame[frame.geometry.notna() & frame.geom_type.isin(["Polygon", "MultiPolygon"])]

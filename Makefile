@@ -21,7 +21,8 @@ test: $(VENV)/.installed system-deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
-# Debian packages some tests start: Chromium renders the report; PostgreSQL + PostGIS store change polygons.
+# Debian packages some tests start: Chromium renders the report and, driven by Playwright (the test extra, which
+# never downloads a browser of its own), the Prefect UI's run form; PostgreSQL + PostGIS store change polygons.
 # Needs root (or sudo); skipped when the commands are already there.
 SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3
 system-deps:

@@ -6,7 +6,8 @@ Renders one tile (SyntheticScene, `size` × `size` px at 10 m, `dates` acquisiti
 bands / data mask as .npy in a temporary folder, then runs every method in its own
 subprocess, so that each reports its own peak RSS (VmHWM of that process):
 
-* LCMS at its default 160 m analysis resolution, and at full resolution (10 m);
+* LCMS at its default (160 m analysis, cells it is unsure of refined at 40 m), and at full
+  resolution (10 m);
 * eo-learn 1.5.7 `eolearn.mask.extra.cloud_mask.CloudMaskTask` at its defaults. It has no
   processing-resolution parameter in 1.5.x (the old one was removed): it runs at the data
   resolution, 10 m. For a like-for-like coarse run, "eo-learn 160 m" resizes the EOPatch
@@ -167,7 +168,7 @@ def main() -> None:
         )
         del tile
 
-        methods = [("LCMS 160 m (default)", "lcms", 160.0), ("LCMS 10 m", "lcms", 10.0)]
+        methods = [("LCMS default (160/40 m)", "lcms", 160.0), ("LCMS 10 m", "lcms", 10.0)]
         if not args.skip_eolearn:
             eo_python = ensure_eolearn_venv(args.eolearn_venv)
             methods.append(("eo-learn 160 m (resized)", "eolearn", 160.0))
@@ -181,7 +182,7 @@ def main() -> None:
             results[name] = _run(python, worker, folder, res, out)
             masks[name] = np.load(out)
 
-        lcms_at = {160.0: "LCMS 160 m (default)", 10.0: "LCMS 10 m"}
+        lcms_at = {160.0: "LCMS default (160/40 m)", 10.0: "LCMS 10 m"}
         print()
         print(f"{'method':<26}{'seconds':>9}{'Mpx·dates/s':>13}{'peak RSS MiB':>14}{'eo-learn/LCMS':>15}")
         for name, worker, res in methods:

@@ -21,8 +21,9 @@ import numpy as np
 
 from lcms.config import FeaturesConfig
 from lcms.geometry import PixelGrid
+from lcms.layout import SPATIAL_CHUNK
 from lcms.sentinel2 import L1C_BANDS
-from lcms.store import SPATIAL_CHUNK, TileStore
+from lcms.store import TileStore
 from tasks.download.synthetic import SyntheticScene
 
 RUN_FEATURES = """
@@ -54,6 +55,7 @@ def make_download(store: TileStore, grid: PixelGrid, dates: int) -> None:
             w.write("data_mask", tile.data_mask, region)
             w.write("cloud_prob", np.where(tile.cloud_mask, 100, 0).astype(np.uint8), region)
             w.write("cloud_mask", tile.cloud_mask, region)
+            w.write("shadow_mask", np.zeros_like(tile.cloud_mask), region)
             w.write("valid_mask", valid, region)
             coverage += valid.sum(axis=(1, 2))
         w.write("valid_coverage", (coverage / grid.height / grid.width).astype(np.float32))

@@ -307,8 +307,8 @@ def make_features(store, grid, n_dates: int):
 
     from lcms.config import FeaturesConfig
     from lcms.grid import Tile
+    from lcms.layout import SPATIAL_CHUNK
     from lcms.sentinel2 import L1C_BANDS
-    from lcms.store import SPATIAL_CHUNK
     from tasks.download.synthetic import SyntheticScene
     from tasks.features.tile import features_tile
 
@@ -324,6 +324,7 @@ def make_features(store, grid, n_dates: int):
             w.write("data_mask", rendered.data_mask, region)
             w.write("cloud_prob", np.where(rendered.cloud_mask, 100, 0).astype(np.uint8), region)
             w.write("cloud_mask", rendered.cloud_mask, region)
+            w.write("shadow_mask", np.zeros_like(rendered.cloud_mask), region)
             w.write("valid_mask", valid, region)
             coverage += valid.sum(axis=(1, 2))
         w.write("valid_coverage", (coverage / grid.height / grid.width).astype(np.float32))

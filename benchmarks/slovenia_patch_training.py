@@ -34,7 +34,7 @@ from tasks.features.tile import pack
 from tasks.merge.dataset import merge_samples
 from tasks.reference.tile import reference_tile, reference_version
 from tasks.sampling.tile import sampling_tile
-from tasks.training.model import metrics_markdown
+from tasks.training.metrics import metrics_markdown
 from tasks.training.stage import training_stage
 
 PATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "slovenia-testpatch" / "eopatch"

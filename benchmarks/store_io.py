@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from lcms.geometry import PixelGrid
+from lcms.layout import SPATIAL_CHUNK
 from lcms.sentinel2 import L1C_BANDS
-from lcms.store import SPATIAL_CHUNK, TileStore
+from lcms.store import TileStore
 from tasks.download.synthetic import SyntheticScene
 
 
@@ -66,6 +67,7 @@ def main() -> None:
             writer.write("data_mask", block.data_mask, region)
             writer.write("cloud_prob", np.where(block.cloud_mask, 100, 0).astype(np.uint8), region)
             writer.write("cloud_mask", block.cloud_mask, region)
+            writer.write("shadow_mask", np.zeros_like(block.cloud_mask), region)
             writer.write("valid_mask", valid, region)
             render_s += t1 - t0
             write_s += time.perf_counter() - t1

@@ -279,6 +279,7 @@ def lcms_store_write(folder: Path, threads: int) -> dict:
                 w.write("data_mask", a["data_mask"][:, rows, cols], region)
                 w.write("cloud_prob", a["cloud_prob"][:, rows, cols], region)
                 w.write("cloud_mask", a["cloud_true"][:, rows, cols], region)
+                w.write("shadow_mask", np.zeros_like(a["cloud_true"][:, rows, cols]), region)
                 w.write("valid_mask", a["valid"][:, rows, cols], region)
             w.write("valid_coverage", valid_coverage(a["valid"]))
         coords = {"time": targets, "feature": np.array(FEATURE_NAMES)}
@@ -559,8 +560,7 @@ def _tile_grid(size: int, index: int = 0):
 def _download(store, tile, dates: int) -> dict:
     """The download stage (synthetic source, s2cloudless at 160 m, the product's defaults) on one tile."""
     from lcms.config import DownloadConfig, SyntheticSourceConfig
-    from tasks.download.sources import make_source
-    from tasks.download.tile import download_tile
+    from tasks.download.tile import download_tile, make_source
 
     cfg = DownloadConfig(source=SyntheticSourceConfig(dates_per_year=dates))
     source = _TimedSource(make_source(cfg.source))

@@ -1,60 +1,33 @@
 """Change stage flow: two years' maps compared per tile on Dask, then every tile's polygons in one layer.
 
-The tile work is keyed by the pair of years ('2023-2024'), not by one year. The layer (GeoPackage,
-and PostGIS if configured) is rebuilt from every finished tile of the pair, so a rerun over a
-subset of the AOI updates those tiles and keeps the rest.
+The tile work is made from the stage's declaration (lcms/stages.py) by flows/common.py; it is
+keyed by the pair of years ('2023-2024'), not by one year. Particular to this stage: the run must
+have two years to compare; the PostGIS DSN is resolved here (environment or Prefect Secret
+block), before any tile work; and once the tiles are done, the layer (GeoPackage, and PostGIS if
+configured) is rebuilt from every finished tile of the pair, so a rerun over a subset of the AOI
+updates those tiles and keeps the rest.
 """
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+import os
 
-from flows.common import collect, finish_stage, prepare_stage, require_inputs, run_tile, task_runner
-from lcms.config import ChangeConfig, RunConfig, StoreConfig, TileSubset
-from lcms.grid import Tile
-from lcms.store import StoreError, TileStore, change_key
-from tasks.change.polygons import postgis_dsn, write_change_layer
-from tasks.change.tile import STAGE, change_params_hash, change_tile, input_hashes, input_stages
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import prepare_stage, tile_stage_flow
+from lcms.config import ChangeConfig, RunConfig, TileSubset
+from lcms.grid import AreaGrid
+from lcms.stages import change_key, get_stage
+from lcms.store import TileStore
+from tasks.change.polygons import write_change_layer
+from tasks.change.tile import ChangeError
+from tasks.prediction.versions import one_model_version
+
+STAGE = get_stage("change")
 
 
 class ChangeYearsError(ValueError):
     """The run has no pair of years to compare."""
-
-
-@task(
-    name="change-tile",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=5,
-    task_run_name="{tile.tile_id}/{years[0]}-{years[1]}",
-)
-def change_tile_task(store_cfg: StoreConfig, tile: Tile, years: tuple[int, int], cfg: ChangeConfig, overwrite: bool):
-    store = TileStore.from_config(store_cfg)
-    hashes = input_hashes(store, cfg, tile.tile_id, years)
-    if hashes is None:
-        raise StoreError(f"tile {tile.tile_id} lacks a finished {input_stages(cfg)} output for {list(years)}")
-    # Redone maps of either year make the tile's changes stale.
-    tile_hash = change_params_hash(cfg, tile, *years, hashes)
-    key = change_key(*years)
-    return run_tile(
-        STAGE, store, tile, key, tile_hash, overwrite, lambda: change_tile(store, tile, years, cfg, tile_hash)
-    )
-
-
-@flow(name="change-tiles")
-def change_tiles(config: RunConfig, tile_ids: list[str], overwrite: bool = False, show_progress: bool = False):
-    years = config.change_years
-    grid = TileStore.from_config(config.store).read_grid()
-    futures = {
-        change_tile_task.submit(config.store, grid[tile_id], years, config.change, overwrite): (
-            tile_id,
-            change_key(*years),
-        )
-        for tile_id in tile_ids
-    }
-    return collect(STAGE, futures, show_progress)
 
 
 def change_years(config: RunConfig) -> tuple[int, int]:
@@ -67,29 +40,41 @@ def change_years(config: RunConfig) -> tuple[int, int]:
     return years
 
 
-@flow(name="change")
-def change_flow(
-    config: RunConfig,
-    subset: TileSubset = TileSubset(),
-    overwrite: bool = False,
-    scheduler_address: str | None = None,
-    show_progress: bool = False,
-) -> dict:
-    """Change polygons between `change.years` (default: the last two years) for the selected tiles."""
+def postgis_dsn(cfg: ChangeConfig) -> str:
+    """The PostGIS DSN from a Prefect Secret block or the environment; never from the config itself."""
+    postgis = cfg.postgis
+    if postgis.secret_block:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(postgis.secret_block).get()
+    dsn = os.environ.get(postgis.dsn_env)
+    if not dsn:
+        raise ChangeError(
+            f"change.postgis is set, but the environment variable {postgis.dsn_env} holds no DSN; "
+            "export it (postgresql://user:password@host:5432/db) or set change.postgis.secret_block"
+        )
+    return dsn
+
+
+def check_change(config: RunConfig, subset: TileSubset) -> None:
+    """Two years to compare, each year's maps from one model version, and a DSN when PostGIS is
+    configured, before any tile work."""
     years = change_years(config)
     if config.change.postgis is not None:
-        postgis_dsn(config.change)  # a missing DSN fails here, before any tile work
+        postgis_dsn(config.change)
     store, tiles = prepare_stage(config, subset)
-    for stage in input_stages(config.change):
-        require_inputs(store, stage, STAGE, tiles.tile_ids, list(years))
-    with task_runner(config, scheduler_address) as runner:
-        outcomes = change_tiles.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
-    result = finish_stage(config, STAGE, outcomes)
+    for year in years:
+        one_model_version(store, tiles.tile_ids, year, "change", stages=(config.change.source, "prediction"))
 
-    done = store.done_tiles(STAGE, change_key(*years))
+
+def write_layer(config: RunConfig, store: TileStore, tiles: AreaGrid, result: dict) -> dict:
+    """Every finished tile of the pair (not only the selected ones) in one layer, and its artifact."""
+    years = change_years(config)
+    done = store.done_tiles(STAGE.name, change_key(*years))
     grid = store.read_grid()
     layer_tiles = [grid[t] for t in grid.tile_ids if t in done]
-    summary = write_change_layer(store, layer_tiles, years, config.change, list(done.values()))
+    dsn = postgis_dsn(config.change) if config.change.postgis is not None else None
+    summary = write_change_layer(store, layer_tiles, years, config.change, list(done.values()), dsn)
     rows = "".join(
         f"| {t['from']} | {t['to']} | {t['polygons']} | {t['area_ha']:.2f} |\n" for t in summary["transitions"][:15]
     )
@@ -104,3 +89,6 @@ def change_flow(
     )
     message = f"change {years[0]}→{years[1]}: {summary['polygons']} polygons, {summary['area_ha']:.2f} ha"
     return {**result, "message": message, "layer": summary["url"], "polygons": summary["polygons"]}
+
+
+change_flow = tile_stage_flow(STAGE, check=check_change, after=write_layer)

@@ -1,11 +1,17 @@
-"""What every stage flow shares: the store and grid, tile selection, the cluster, fan-out and the report.
+"""What every stage flow shares, and the factories that make the flows from the stage declarations.
 
-A stage is two flows. The outer one (e.g. `download`) is what users run: it checks the
-config, the store and the tile selection, starts (or joins) the Dask cluster, and then
-calls the inner one (e.g. `download-tiles`) with a DaskTaskRunner on that cluster. The
-inner flow submits one task per tile and year. Two levels are needed because a Prefect
-flow's task runner is fixed before its body runs, while the cluster comes from the
-run's config.
+The stages are declared in lcms/stages.py. A tile stage's flows are made by `tile_stage_flow`:
+
+- the outer flow (e.g. `download`) is what users run: it checks the config, the store, the
+  tile selection and the stage's inputs, starts (or joins) the Dask cluster, and then calls
+- the inner flow (e.g. `download-tiles`) with a DaskTaskRunner on that cluster, which submits
+- one task (e.g. `download-tile`) per tile and key (year, or pair of years).
+
+Two levels are needed because a Prefect flow's task runner is fixed before its body runs,
+while the cluster comes from the run's config. An AOI-level stage (merge, training, export,
+report) runs in the flow's own process: `aoi_stage_flow` gives it the same signature and checks,
+and the stage's module in flows/ supplies the body. What is particular to a stage (a check
+before the cluster starts, credentials, a Prefect artifact) stays in its own module in flows/.
 """
 
 from __future__ import annotations
@@ -13,20 +19,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from prefect import get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask import DaskTaskRunner
 from rich.progress import Progress
 
+from flows.parameters import run_namer, stage_flow_function
+from lcms import lineage
 from lcms.cluster import dask_cluster
-from lcms.config import AoiConfig, RunConfig, TileSubset, params_hash
-from lcms.grid import AreaGrid, Tile, build_grid, load_aoi
+from lcms.config import AoiConfig, RunConfig, StoreConfig, TileSubset, params_hash
+from lcms.grid import AreaGrid, Tile, TileSelectionError, build_grid, load_aoi
+from lcms.stages import Stage, get_stage
 from lcms.store import StoreError, TileStore
+from tasks.download.errors import retry_condition
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +75,7 @@ def prepare_stage(config: RunConfig, subset: TileSubset) -> tuple[TileStore, Are
     The order matters: inputs are read and checked first, so that a bad AOI or subset
     fails before anything is written to the store.
     """
-    store = TileStore.from_config(config.store)
+    store = TileStore.from_config(config.store, config.product)
     tiles = select_tiles(load_grid(config, store), subset)
     store.ensure_writable()
     return store, tiles
@@ -129,53 +140,6 @@ def task_runner(config: RunConfig, scheduler_address: str | None = None) -> Iter
 # --------------------------------------------------------------------------- tile work
 
 
-def run_tile(
-    stage: str,
-    store: TileStore,
-    tile: Tile,
-    year: int | str,
-    tile_params_hash: str,
-    overwrite: bool,
-    produce: Callable[[], object],
-) -> dict:
-    """Skip a tile already done with the same parameters, otherwise produce it; report how it went."""
-    start = time.perf_counter()
-    if not overwrite and store.is_done(stage, year, tile.tile_id, tile_params_hash):
-        return {"status": "skipped", "seconds": 0.0}
-    produce()
-    return {"status": "done", "seconds": round(time.perf_counter() - start, 3)}
-
-
-def run_stage(
-    config: RunConfig,
-    subset: TileSubset,
-    overwrite: bool,
-    scheduler_address: str | None,
-    show_progress: bool,
-    stage: str,
-    tiles_flow,
-    input_stages: tuple[str, ...] = (),
-) -> dict:
-    """The body of every outer stage flow: checks, cluster, the inner per-tile flow, the report."""
-    store, tiles = prepare_stage(config, subset)
-    for input_stage in input_stages:
-        require_inputs(store, input_stage, stage, tiles.tile_ids, config.years)
-    with task_runner(config, scheduler_address) as runner:
-        outcomes = tiles_flow.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
-    return finish_stage(config, stage, outcomes)
-
-
-def submit_tiles(tile_task, stage: str, config: RunConfig, stage_cfg, tile_ids: list[str], overwrite, show_progress):
-    """The body of every inner stage flow: one task per tile and year, on the flow's Dask runner."""
-    grid = TileStore.from_config(config.store).read_grid()
-    futures = {
-        tile_task.submit(config.store, grid[tile_id], year, stage_cfg, overwrite): (tile_id, year)
-        for tile_id in tile_ids
-        for year in config.years
-    }
-    return collect(stage, futures, show_progress)
-
-
 def collect(
     stage: str, futures: dict[PrefectFuture, tuple[str, int | str]], show_progress: bool = False
 ) -> list[TileOutcome]:
@@ -213,3 +177,155 @@ def finish_stage(config: RunConfig, stage: str, outcomes: list[TileOutcome]) -> 
             raise TileFailures(message + ". Rerun the stage to retry them; finished tiles are skipped.")
         logger.warning(message)
     return {"stage": stage, **counts, "tiles": len(outcomes)}
+
+
+# --------------------------------------------------------------------------- the flow factories
+
+# A check before the cluster starts: (config, subset) -> None, raising a user error.
+Check = Callable[[RunConfig, TileSubset], None]
+# Secrets a tile function needs, resolved on the worker from the stage's settings: settings -> kwargs.
+Secrets = Callable[[Any], dict[str, Any]]
+# What an AOI-level stage does once checks pass: (config, store, tiles, overwrite) -> summary dict.
+AoiBody = Callable[[RunConfig, TileStore, AreaGrid, bool], dict]
+
+
+def require_stage_inputs(stage: Stage, config: RunConfig, store: TileStore, tiles: AreaGrid) -> None:
+    """Fail before any work when a tile-level input of `stage` is missing for a selected tile.
+
+    AOI-level inputs (a merged dataset, a model, a polygon layer) are checked by the stage itself.
+    """
+    for name in stage.inputs(config):
+        keys = stage.input_store_keys(name, config)
+        if keys is not None:
+            require_inputs(store, name, stage.name, tiles.tile_ids, keys)
+
+
+def tiles_with_inputs(stage: Stage, config: RunConfig, store: TileStore, grid: AreaGrid) -> AreaGrid:
+    """The tiles of `grid` whose tile-level inputs of `stage` are all done (one listing per stage and key)."""
+    ready = set(grid.tile_ids)
+    for name in stage.inputs(config):
+        for key in stage.input_store_keys(name, config) or []:
+            ready &= set(store.done_tiles(name, key))
+    return grid.select(tile_ids=[t for t in grid.tile_ids if t in ready])
+
+
+def aoi_inputs(stage: Stage, config: RunConfig, store: TileStore, tiles: AreaGrid) -> list[dict]:
+    """The done marks an AOI-level output reads: every tile input of its tiles, and the AOI products."""
+    entries = []
+    for name in stage.reads:
+        keys = stage.input_store_keys(name, config)
+        if keys is None:
+            source = get_stage(name)
+            product = source.product_of(config) if source.product_of is not None else None
+            record = store.product_record(name, product) if product else None
+            if record is not None:
+                entries.append(lineage.input_entry(name, "-", product, record))
+            continue
+        for key in keys:
+            done = store.done_tiles(name, key)
+            entries += [lineage.input_entry(name, key, t, done[t]) for t in tiles.tile_ids if t in done]
+    return entries
+
+
+def _key_label(key: int | tuple[int, int]) -> str:
+    return "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def tile_stage_flow(stage: Stage, *, check: Check | None = None, secrets: Secrets | None = None, after=None):
+    """The outer flow of a tile stage, with its inner per-tile flow and its tile task.
+
+    `check` runs first (before the store is touched or the cluster starts); `secrets` gives the
+    tile function its credentials, resolved inside each task so that they never travel as task
+    parameters; `after(config, store, tiles, result)` runs once the tiles are done (e.g. the
+    change stage's polygon layer) and returns the stage's summary.
+    """
+
+    @task(
+        name=f"{stage.name}-tile",
+        cache_policy=NO_CACHE,
+        retries=stage.retries,
+        retry_delay_seconds=5,
+        # A missing band, a corrupt file or rejected credentials fail the tile at once; I/O hiccups are retried.
+        retry_condition_fn=retry_condition,
+        task_run_name="{tile.tile_id}/{key_label}",
+    )
+    def tile_task(
+        store_cfg: StoreConfig, product: str, tile: Tile, key: Any, key_label: str, settings: Any, overwrite: bool
+    ):
+        store = TileStore.from_config(store_cfg, product)
+        extra = secrets(settings) if secrets is not None else {}
+        return stage.run_tile(store, tile, key, settings, overwrite, **extra)
+
+    def tiles_body(config: RunConfig, tile_ids: list[str], overwrite: bool = False, show_progress: bool = False):
+        grid = TileStore.from_config(config.store).read_grid()
+        settings = stage.settings(config)
+        futures = {
+            tile_task.submit(config.store, config.product, grid[tile_id], key, _key_label(key), settings, overwrite): (
+                tile_id,
+                stage.store_key(key),
+            )
+            for tile_id in tile_ids
+            for key in stage.keys(config)
+        }
+        return collect(stage.name, futures, show_progress)
+
+    tiles_flow = flow(name=f"{stage.name}-tiles")(tiles_body)
+
+    def stage_body(
+        config: RunConfig,
+        subset: TileSubset = TileSubset(),
+        overwrite: bool = False,
+        scheduler_address: str | None = None,
+        show_progress: bool = False,
+    ) -> dict:
+        if check is not None:
+            check(config, subset)
+        store, tiles = prepare_stage(config, subset)
+        require_stage_inputs(stage, config, store, tiles)
+        with task_runner(config, scheduler_address) as runner:
+            outcomes = tiles_flow.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
+        result = finish_stage(config, stage.name, outcomes)
+        return after(config, store, tiles, result) if after is not None else result
+
+    return _named_flow(stage, stage_body)
+
+
+def aoi_stage_flow(stage: Stage, body: AoiBody, *, check: Check | None = None):
+    """The flow of an AOI-level stage: the same signature and checks as a tile stage, then `body`.
+
+    A `whole_aoi` stage works on everything its input holds (training), so a subset is refused.
+    """
+
+    def stage_body(
+        config: RunConfig,
+        subset: TileSubset = TileSubset(),
+        overwrite: bool = False,
+        scheduler_address: str | None = None,  # unused: AOI-level stages need no cluster
+        show_progress: bool = False,
+    ) -> dict:
+        if stage.whole_aoi and not subset.is_all:
+            raise TileSelectionError(
+                f"the {stage.name} stage works on the whole of its input ({', '.join(stage.reads)}): "
+                f"choose tiles in the stages before it, then run `lcms {stage.name} CONFIG` without a subset"
+            )
+        if check is not None:
+            check(config, subset)
+        store, tiles = prepare_stage(config, subset)
+        require_stage_inputs(stage, config, store, tiles)
+        if stage.covers_grid(config):
+            tiles = tiles_with_inputs(stage, config, store, store.read_grid())
+        with lineage.recording(lineage.make_lineage(stage.settings(config), aoi_inputs(stage, config, store, tiles))):
+            return body(config, store, tiles, overwrite)
+
+    return _named_flow(stage, stage_body)
+
+
+def _named_flow(stage: Stage, body: Callable):
+    """The stage's flow: the run form of flows/parameters.py (a config name, the subset, years,
+    overrides) resolved into `body`'s typed config, a run name and a summary artifact."""
+    return flow(
+        name=stage.name,
+        description=stage.title,
+        flow_run_name=run_namer(stage.name),
+        validate_parameters=False,  # resolve_run checks them, naming the field
+    )(stage_flow_function(stage, body))

@@ -1,45 +1,59 @@
-"""Download stage flow: bands, cloud masks and valid-data masks for every tile and year of the AOI."""
+"""Download stage flow: bands, cloud masks and valid-data masks for every tile and year of the AOI.
+
+The flow itself is made from the stage's declaration (lcms/stages.py) by flows/common.py; what
+is particular to this stage is where Sentinel Hub's credentials come from: the environment, or
+Prefect Secret blocks named in the source config. They are resolved inside each tile task, so
+they never travel as task parameters and never reach a log.
+"""
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+import os
 
-from flows.common import run_stage, run_tile, submit_tiles
-from lcms.config import DownloadConfig, RunConfig, StoreConfig, TileSubset
-from lcms.grid import Tile
-from lcms.store import TileStore
-from tasks.download.tile import STAGE, download_params_hash, download_tile
+from flows.common import tile_stage_flow
+from lcms.config import DownloadConfig, SentinelHubSourceConfig
+from lcms.stages import get_stage
+from tasks.download.sentinelhub_source import CLIENT_ID_ENV, CLIENT_SECRET_ENV, CREDENTIALS_HINT
+from tasks.download.sources import SourceCredentials, SourceError
 
 
-@task(
-    name="download-tile", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="{tile.tile_id}/{year}"
-)
-def download_tile_task(store_cfg: StoreConfig, tile: Tile, year: int, cfg: DownloadConfig, overwrite: bool) -> dict:
-    store = TileStore.from_config(store_cfg)
-    return run_tile(
-        STAGE,
-        store,
-        tile,
-        year,
-        download_params_hash(cfg, tile, year),
-        overwrite,
-        lambda: download_tile(store, tile, year, cfg),
+def resolve_credentials(cfg: SentinelHubSourceConfig) -> SourceCredentials:
+    """OAuth client id and secret: SH_CLIENT_ID / SH_CLIENT_SECRET from the environment, else the
+    Prefect Secret blocks named by `cfg.client_id_block` / `cfg.client_secret_block`."""
+    env_id, env_secret = os.environ.get(CLIENT_ID_ENV, ""), os.environ.get(CLIENT_SECRET_ENV, "")
+    if env_id and env_secret:
+        return SourceCredentials(env_id, env_secret)
+    if cfg.client_id_block and cfg.client_secret_block:
+        return SourceCredentials(_load_secret(cfg.client_id_block), _load_secret(cfg.client_secret_block))
+    missing = [n for n, v in ((CLIENT_ID_ENV, env_id), (CLIENT_SECRET_ENV, env_secret)) if not v]
+    raise SourceError(
+        f"No Sentinel Hub credentials: {' and '.join(missing)} not set and no Prefect Secret blocks named. "
+        + CREDENTIALS_HINT
     )
 
 
-@flow(name="download-tiles")
-def download_tiles(config: RunConfig, tile_ids: list[str], overwrite: bool = False, show_progress: bool = False):
-    return submit_tiles(download_tile_task, STAGE, config, config.download, tile_ids, overwrite, show_progress)
+def _load_secret(block_name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(block_name, _sync=True).get()
+    except Exception as exc:  # missing block, unreachable Prefect API, ...
+        # The exception text is about the block, never its value.
+        raise SourceError(
+            f"Cannot load the Prefect Secret block {block_name!r} ({type(exc).__name__}: {exc}). {CREDENTIALS_HINT}"
+        ) from exc
+    if not isinstance(value, str) or not value:
+        raise SourceError(
+            f"The Prefect Secret block {block_name!r} does not hold a non-empty string. {CREDENTIALS_HINT}"
+        )
+    return value
 
 
-@flow(name="download")
-def download_flow(
-    config: RunConfig,
-    subset: TileSubset = TileSubset(),
-    overwrite: bool = False,
-    scheduler_address: str | None = None,
-    show_progress: bool = False,
-) -> dict:
-    """Fill the store with every selected tile's bands and masks, for each year of the config."""
-    return run_stage(config, subset, overwrite, scheduler_address, show_progress, STAGE, download_tiles)
+def download_secrets(cfg: DownloadConfig) -> dict:
+    """The download tile function's credentials, for the sources that need them."""
+    if isinstance(cfg.source, SentinelHubSourceConfig):
+        return {"credentials": resolve_credentials(cfg.source)}
+    return {}
+
+
+download_flow = tile_stage_flow(get_stage("download"), secrets=download_secrets)

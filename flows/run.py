@@ -1,6 +1,7 @@
 """The country run: every stage in pipeline order, on one Dask cluster.
 
-It grows as stages land: grid → download → features, then, when a reference is configured,
+The chain is the stages declared in lcms/stages.py, in their order, each when it applies to
+the config (`runs_when`): grid → download → features, then, when a reference is configured,
 reference → sampling → merge → training → prediction → postprocess → export, then, with two
 or more years, change → report (with one year, the report alone).
 """
@@ -11,46 +12,52 @@ import tempfile
 
 from prefect import flow
 
-from flows.change import change_flow
 from flows.common import prepare_stage
-from flows.download import download_flow
-from flows.export import export_flow
-from flows.features import features_flow
-from flows.merge import merge_flow
-from flows.postprocess import postprocess_flow
-from flows.prediction import prediction_flow
-from flows.reference import reference_flow
-from flows.report import report_flow
-from flows.sampling import sampling_flow
-from flows.training import training_flow
+from flows.parameters import (
+    PARAMETERS_DOC,
+    ConfigParam,
+    OverridesParam,
+    YearsParam,
+    finish_run,
+    not_run_reasons,
+    resolve_run,
+    run_namer,
+)
 from lcms.cluster import dask_cluster
-from lcms.config import RunConfig, TileSubset
+from lcms.config import TileSubset
+from lcms.stages import stages_with_flows
 
 
-@flow(name="lcms-run")
+@flow(name="lcms-run", flow_run_name=run_namer("run"), validate_parameters=False)
 def run_flow(
-    config: RunConfig, subset: TileSubset = TileSubset(), overwrite: bool = False, show_progress: bool = False
+    config: ConfigParam,
+    subset: TileSubset = TileSubset(),
+    overwrite: bool = False,
+    show_progress: bool = False,
+    years: YearsParam = None,
+    overrides: OverridesParam = None,
 ) -> list[dict]:
     """Build the grid, then run each stage over the selected tiles and every year of the config."""
+    run = resolve_run("run", config, subset, years, overrides, overwrite)  # names the bad field, if any
+    config, subset = run.config, run.subset
     prepare_stage(config, subset)  # fails fast on a bad AOI, subset or store, before the cluster starts
+    chain = [stage for stage in stages_with_flows() if stage.runs_when(config)]
     with (
         tempfile.TemporaryDirectory(prefix="lcms-dask-") as work_dir,
         dask_cluster(config.cluster, work_dir) as cluster,
     ):
-        address = cluster.scheduler_address
-        stages = [download_flow, features_flow]
-        if config.reference.path is not None:  # the model stages need ground truth
-            stages += [reference_flow, sampling_flow, merge_flow, training_flow]
-            stages += [prediction_flow, postprocess_flow, export_flow]
-            stages += [change_flow, report_flow] if config.change_years else [report_flow]
-        return [
-            # The model learns from everything merged: the subset chose the merged tiles already.
-            stage_flow(
+        results = [
+            stage.flow()(
                 config,
-                TileSubset() if stage_flow is training_flow else subset,
+                # The model learns from everything merged: the subset chose the merged tiles already.
+                TileSubset() if stage.whole_aoi else subset,
                 overwrite,
-                scheduler_address=address,
+                scheduler_address=cluster.scheduler_address,
                 show_progress=show_progress,
             )
-            for stage_flow in stages
+            for stage in chain
         ]
+    return finish_run(run, results, results, not_run_reasons(stages_with_flows(), config))
+
+
+run_flow.fn.__doc__ += "\n" + PARAMETERS_DOC

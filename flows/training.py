@@ -1,44 +1,36 @@
 """Training stage flow: the LightGBM model of the merged dataset, its validation and a Prefect report.
 
-AOI level: one task in the flow's own process (LightGBM uses the machine's cores itself).
+AOI level: one task in the flow's own process (LightGBM uses the machine's cores itself). The
+flow's signature and checks come from the stage's declaration (flows/common.py); the model
+learns from the whole merged dataset, so a tile subset is refused.
 """
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import StageInputError, prepare_stage
-from lcms.config import RunConfig, StoreConfig, TileSubset, TrainingConfig
-from lcms.grid import TileSelectionError
+from flows.common import StageInputError, aoi_stage_flow
+from lcms.config import RunConfig, StoreConfig, TrainingConfig
+from lcms.grid import AreaGrid
+from lcms.stages import get_stage
 from lcms.store import TileStore
-from tasks.training.model import PLOT_FILES
-from tasks.training.stage import INPUT_STAGE, STAGE, SUMMARY_FILE, training_params_hash, training_stage
+from tasks.training.metrics import PLOT_FILES
+from tasks.training.stage import INPUT_STAGE, SUMMARY_FILE, training_params_hash, training_stage
+
+STAGE = get_stage("training")
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_task(store_cfg: StoreConfig, name: str, cfg: TrainingConfig) -> dict:
-    record, _ = training_stage(TileStore.from_config(store_cfg), name, cfg)
+    record, _ = training_stage(TileStore.from_config(store_cfg, name), name, cfg)
     return dict(record.extra)
 
 
-@flow(name="training")
-def training_flow(
-    config: RunConfig,
-    subset: TileSubset = TileSubset(),  # must be all: the model learns from the whole merged dataset
-    overwrite: bool = False,
-    scheduler_address: str | None = None,  # unused: no cluster needed
-    show_progress: bool = False,
-) -> dict:
-    """Train the model `merge.name` on its merged dataset and publish its validation."""
-    if not subset.is_all:
-        raise TileSelectionError(
-            "the training stage learns from the whole merged dataset: choose tiles in the merge stage "
-            "(`lcms merge CONFIG --tiles ...`), then run `lcms training CONFIG` without a subset"
-        )
-    name = config.merge.name
-    store, _ = prepare_stage(config, TileSubset())
+def train(config: RunConfig, store: TileStore, tiles: AreaGrid, overwrite: bool) -> dict:
+    """Train the product's model on its merged dataset and publish its validation."""
+    name = config.product
     dataset = store.product_record(INPUT_STAGE, name)
     if dataset is None:
         raise StageInputError(
@@ -46,13 +38,13 @@ def training_flow(
             "run `lcms merge CONFIG` (after sampling) first"
         )
     wanted = training_params_hash(config.training, dataset)
-    record = store.product_record(STAGE, name)
+    record = store.product_record(STAGE.name, name)
     if not overwrite and record is not None and record.params_hash == wanted:
         extra, status = dict(record.extra), "skipped"
     else:
         extra, status = train_task(config.store, name, config.training), "done"
-    summary = store.read_file(STAGE, name, SUMMARY_FILE).decode()
-    plots = "".join(f"- {store.file_url(STAGE, name, p)}\n" for p in PLOT_FILES)
+    summary = store.read_file(STAGE.name, name, SUMMARY_FILE).decode()
+    plots = "".join(f"- {store.file_url(STAGE.name, name, p)}\n" for p in PLOT_FILES)
     create_markdown_artifact(
         key=f"training-{name}".lower().replace("_", "-").replace(".", "-"),
         markdown=f"# Model `{name}`\n\n{summary}\nPlots:\n\n{plots}",
@@ -63,4 +55,7 @@ def training_flow(
         f"training: model {name!r} {status}, OA {extra['overall_accuracy']:.3f}, "
         f"kappa {kappa}, macro F1 {extra['macro_f1']:.3f}"
     )
-    return {"stage": STAGE, "status": status, "message": message, **extra}
+    return {"stage": STAGE.name, "status": status, "message": message, **extra}
+
+
+training_flow = aoi_stage_flow(STAGE, train)

@@ -10,8 +10,10 @@ config means the same thing whatever directory it is run from.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -133,6 +135,16 @@ class StoreConfig(StrictModel):
         description="Passed to fsspec/s3fs, e.g. {endpoint_url: ...}. Credentials come from the environment.",
     )
 
+    on_busy: Literal["wait", "skip"] = Field(
+        "wait",
+        description="When another run is writing the same output: wait for it (then skip the tile if it made "
+        "it with the same parameters), or skip the tile at once.",
+    )
+    busy_wait_seconds: float = Field(3600.0, ge=0, description="How long to wait for another run's writer.")
+    lease_seconds: float = Field(
+        300.0, gt=0, description="How long a writer's lease lasts unless renewed (writers renew theirs as they go)."
+    )
+
     _resolve = field_validator("url")(_resolve_path)
 
     @field_validator("url")
@@ -205,9 +217,13 @@ ClusterConfig = Annotated[LocalClusterConfig | EC2ClusterConfig, Field(discrimin
 
 
 class SyntheticSourceConfig(StrictModel):
-    """Realistic synthetic Sentinel-2 L1C tiles (tasks/download/synthetic.py); needs no credentials."""
+    """Realistic synthetic Sentinel-2 tiles (tasks/download/synthetic.py); needs no credentials.
+
+    L2A is the same rendering without B10, with a Sen2Cor-like scene classification layer.
+    """
 
     kind: Literal["synthetic"] = "synthetic"
+    collection: Literal["L1C", "L2A"] = "L1C"
     seed: int = 0
     first_year: int = Field(2023, description="Year of the base land-cover map; later years get planted changes.")
     dates_per_year: int = Field(48, ge=1, le=365)
@@ -278,20 +294,68 @@ SourceConfig = Annotated[
 
 
 class CloudMaskConfig(StrictModel):
-    """s2cloudless cloud probabilities and masks.
+    """Cloud and cloud-shadow masks (tasks/download/cloud_mask.py, shadow.py).
 
-    `average_over` and `dilation_size` are in pixels at 10 m, as in eo-learn's CloudMaskTask;
-    they are scaled to `analysis_resolution_m`. By default the detector runs at 160 m, as
-    Sentinel Hub's own cloud products, and the result is upsampled to 10 m.
+    `method`: `s2cloudless` (L1C: the s2cloudless model on the bands), `scl` (L2A: the scene
+    classification layer), `sentinelhub` (Sentinel Hub's CLM/CLP bands, its own s2cloudless at
+    160 m), `none` (valid = data). Unset: `scl` for L2A, `s2cloudless` for L1C.
+
+    s2cloudless: `average_over` and `dilation_size` are in pixels at 10 m, as in eo-learn's
+    CloudMaskTask. The model runs on cells of `analysis_resolution_m` aligned to the CRS's
+    lattice, then again at `refine_resolution_m` on the cells it is unsure of (cloud edges,
+    uncertain probabilities, small bright clouds); see the README's measured table.
+
+    Shadows (`shadows`): for s2cloudless and sentinelhub the cloud mask is projected away from
+    the sun over `shadow_cloud_heights_m` and matched to pixels darker than `shadow_darkness`
+    times their clear-sky NIR and SWIR; for scl they are the layer's cloud-shadow class.
+    `valid_mask` = data and not cloud and (with `shadows`) not shadow.
     """
 
-    method: Literal["s2cloudless", "none"] = Field(
-        "s2cloudless", description="'none' stores no cloud detection: valid = data (e.g. L2A with own masks)."
+    method: Literal["s2cloudless", "scl", "sentinelhub", "none"] | None = Field(
+        None,
+        description="s2cloudless (L1C), scl (L2A scene classification), sentinelhub (its CLM/CLP bands) or none; "
+        "unset: scl for L2A, s2cloudless for L1C.",
     )
     threshold: float = Field(0.4, gt=0, lt=1)
     average_over: int = Field(4, ge=0)
     dilation_size: int = Field(2, ge=0)
     analysis_resolution_m: float = Field(160.0, gt=0, description="10 = full resolution.")
+    refine_resolution_m: float | None = Field(
+        40.0,
+        gt=0,
+        description="Where the coarse pass is uncertain (cloud edges), run the model again at this finer "
+        "resolution (10 = full); null: no refinement.",
+    )
+    refine_probability: tuple[float, float] = Field(
+        (0.2, 0.6), description="Coarse probabilities between these are uncertain: refined."
+    )
+    refine_bright: float = Field(
+        0.2, gt=0, description="A coarse clear cell with a pixel brighter than this in B02 (reflectance) is refined."
+    )
+    shadows: bool = Field(True, description="Mask cloud shadows: valid = data and not cloud and not shadow.")
+    shadow_cloud_heights_m: tuple[float, float] = Field(
+        (200.0, 5000.0), description="Cloud heights searched when projecting clouds onto their shadows."
+    )
+    shadow_darkness: float = Field(
+        0.7, gt=0, lt=1, description="Shadow: NIR and SWIR below this fraction of the pixel's clear-sky median."
+    )
+    shadow_cell_m: float = Field(40.0, gt=0, description="Cell size of the cloud-to-shadow projection.")
+    scl_snow: bool = Field(False, description="scl: count snow (class 11) as invalid too.")
+    tile_edge_context: bool = Field(
+        True,
+        description="Read the detector's context beyond each tile's edges from the source, so that overlapping "
+        "tiles get identical cloud masks (on Sentinel Hub: up to two more requests per edge block and date).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> CloudMaskConfig:
+        lo, hi = self.refine_probability
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"refine_probability ({lo}, {hi}) must be two probabilities, low then high")
+        h_min, h_max = self.shadow_cloud_heights_m
+        if not 0 <= h_min <= h_max:
+            raise ValueError(f"shadow_cloud_heights_m ({h_min}, {h_max}) must be two heights, low then high")
+        return self
 
 
 class DownloadConfig(StrictModel):
@@ -305,6 +369,25 @@ class DownloadConfig(StrictModel):
     block_size: int = Field(
         512, ge=256, multiple_of=256, description="Tiles are produced and written in square blocks of this many pixels."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cloud_method_by_collection(cls, data: Any) -> Any:
+        # An unset cloud_mask.method becomes scl for L2A sources, s2cloudless for L1C ones.
+        if not isinstance(data, dict):
+            return data
+        source = data.get("source")
+        if isinstance(source, dict):
+            collection = source.get("collection", "L1C")
+        else:
+            collection = getattr(source, "collection", "L1C")
+        method = "scl" if collection == "L2A" else "s2cloudless"
+        clouds = data.get("cloud_mask")
+        if clouds is None or isinstance(clouds, dict) and clouds.get("method") is None:
+            return {**data, "cloud_mask": {**(clouds or {}), "method": method}}
+        if isinstance(clouds, CloudMaskConfig) and clouds.method is None:
+            return {**data, "cloud_mask": clouds.model_copy(update={"method": method})}
+        return data
 
 
 FEATURE_INDICES = ("NDVI", "NDWI", "NDBI", "TC_BRIGHTNESS", "TC_GREENNESS", "TC_WETNESS")
@@ -358,7 +441,12 @@ class LegendEntryConfig(StrictModel):
 class ReferenceConfig(StrictModel):
     """Stage 3: ground-truth polygons rasterised onto each tile's grid, with a negative buffer."""
 
-    path: str | None = Field(None, description="GeoPackage, GeoJSON, Shapefile or GeoParquet, local or s3://, any CRS.")
+    path: str | None = Field(
+        None,
+        description="GeoPackage, GeoJSON, Shapefile or GeoParquet, local or s3://, any CRS. May hold '{year}' "
+        "for a reference per year (e.g. yearly crop declarations).",
+    )
+    paths: dict[int, str] | None = Field(None, description="Or one file per year, {year: path}, instead of path.")
     class_column: str = Field("LULC_ID", min_length=1)
     legend: list[LegendEntryConfig] | None = Field(
         None, description="Classes (code 1..255); default: eo-learn's LULC legend. 0 is always no data."
@@ -369,6 +457,35 @@ class ReferenceConfig(StrictModel):
     erosion_px: int = Field(1, ge=0, description="Negative buffer: class borders eroded by this many pixels.")
 
     _resolve = field_validator("path")(_resolve_path)
+
+    @field_validator("paths")
+    @classmethod
+    def _resolve_paths(cls, paths: dict[int, str] | None, info: ValidationInfo) -> dict[int, str] | None:
+        return None if paths is None else {year: _resolve_path(path, info) for year, path in paths.items()}
+
+    @model_validator(mode="after")
+    def _one_path_source(self) -> ReferenceConfig:
+        if self.path is not None and self.paths is not None:
+            raise ValueError("give reference.path (optionally with '{year}') or reference.paths, not both")
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.path is not None or self.paths is not None
+
+    def path_for(self, year: int) -> str:
+        """The reference file of `year`."""
+        if self.paths is not None:
+            if year not in self.paths:
+                raise ValueError(f"reference.paths has no file for {year}; it has {sorted(self.paths)}")
+            return self.paths[year]
+        if self.path is None:
+            raise ValueError("reference.path is not set")
+        return self.path.replace("{year}", str(year))
+
+    def for_year(self, year: int) -> ReferenceConfig:
+        """This config with the one file of `year` as its path (what a tile-year of the stage reads)."""
+        return self.model_copy(update={"path": self.path_for(year), "paths": None})
 
     @field_validator("legend")
     @classmethod
@@ -420,10 +537,12 @@ class MergeConfig(StrictModel):
     taken from what is not test. Samples of a tile or block go to the same split in every year.
     """
 
-    name: str = Field(
-        "land-cover", pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", description="Name of the dataset and of its model."
-    )
     years: list[int] | None = Field(None, description="Years whose samples are merged; default: all the run's years.")
+    scope: Literal["all", "subset"] = Field(
+        "all",
+        description="'all': every sampled tile of the grid, whatever tiles a run selects (a subset rerun redoes "
+        "those tiles' rows and keeps the rest); 'subset': only the selected tiles.",
+    )
     split: Literal["auto", "tile", "blocks", "halves"] = "auto"
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of tiles (or blocks) held out for testing.")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share of samples for early stopping.")
@@ -478,7 +597,9 @@ class TrainingConfig(StrictModel):
 class PredictionConfig(StrictModel):
     """Stage 7: the model applied to every pixel of every selected tile and year."""
 
-    model: str | None = Field(None, description="Name of the trained model; default: merge.name.")
+    model_version: str | None = Field(
+        None, description="Pin a model version (see `lcms models CONFIG`); default: the product's current version."
+    )
     block_size: int = Field(256, ge=256, multiple_of=256, description="Pixels per block side; bounds memory.")
     num_threads: int = Field(1, ge=0, description="LightGBM threads per tile task (tiles already run in parallel).")
 
@@ -547,6 +668,11 @@ class ExportConfig(StrictModel):
     blocksize: int = Field(512, ge=64, multiple_of=16)
     confidence: bool = Field(True, description="Also export the confidence (max probability) map.")
     source: Literal["postprocess", "prediction"] = Field("postprocess", description="Which labels to export.")
+    consistent_only: bool = Field(
+        False,
+        description="When the tiles' predictions come from different model versions, export only the tiles of the "
+        "current version (and say which were left out) instead of failing.",
+    )
 
     _resolve = field_validator("url")(_resolve_path)
     _crs = field_validator("crs")(lambda v: v if v is None else _check_crs(v))
@@ -635,6 +761,13 @@ class RunConfig(StrictModel):
     """A whole LCMS run: the AOI, years, grid, store, cluster and one section per stage."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    product: str = Field(
+        "land-cover",
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="The product this config makes (e.g. land-cover, crop-types): its reference, samples, model, "
+        "maps, changes and report are kept apart from every other product's in the store; download and "
+        "features are shared.",
+    )
     aoi: AoiConfig
     years: list[int] = Field(..., min_length=1)
     grid: GridConfig = Field(default_factory=GridConfig)
@@ -658,10 +791,21 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _cloud_detector_has_its_bands(self) -> RunConfig:
         source, clouds = self.download.source, self.download.cloud_mask
-        if getattr(source, "collection", "L1C") == "L2A" and clouds.method == "s2cloudless":
+        collection = getattr(source, "collection", "L1C")
+        if collection == "L2A" and clouds.method == "s2cloudless":
             raise ValueError(
                 "download.cloud_mask: s2cloudless needs the L1C bands (L2A has no B10); "
-                "download L1C, or set download.cloud_mask.method: none"
+                "download L1C, or set download.cloud_mask.method: scl (the default for L2A) or none"
+            )
+        if collection == "L1C" and clouds.method == "scl":
+            raise ValueError(
+                "download.cloud_mask: scl needs L2A's scene classification layer, which L1C has not; "
+                "set download.source.collection: L2A, or download.cloud_mask.method: s2cloudless"
+            )
+        if clouds.method == "sentinelhub" and source.kind != "sentinelhub":
+            raise ValueError(
+                f"download.cloud_mask: sentinelhub (its CLM/CLP bands) needs source.kind: sentinelhub, "
+                f"not {source.kind}; use s2cloudless (L1C) or scl (L2A)"
             )
         return self
 
@@ -679,18 +823,22 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cloud_cells_fit_the_grid(self) -> RunConfig:
-        # The cloud detector averages whole cells of pixels; blocks must start on cell edges.
+        # The cloud detector averages whole cells of pixels (on the CRS's lattice, so blocks may start anywhere).
         factor = self.download.cloud_mask.analysis_resolution_m / self.grid.resolution_m
         if abs(factor - round(factor)) > 1e-9:
             raise ValueError(
                 f"download.cloud_mask.analysis_resolution_m ({self.download.cloud_mask.analysis_resolution_m}) "
                 f"must be a whole multiple of grid.resolution_m ({self.grid.resolution_m})"
             )
-        if self.download.block_size % round(factor):
-            raise ValueError(
-                f"download.block_size ({self.download.block_size}) must be a multiple of the cloud analysis "
-                f"cell ({round(factor)} px); e.g. 512 with 160 m analysis at 10 m"
-            )
+        refine = self.download.cloud_mask.refine_resolution_m
+        if refine is not None and self.grid.resolution_m < refine < self.download.cloud_mask.analysis_resolution_m:
+            ratio, per_cell = refine / self.grid.resolution_m, self.download.cloud_mask.analysis_resolution_m / refine
+            if abs(ratio - round(ratio)) > 1e-9 or abs(per_cell - round(per_cell)) > 1e-9:
+                raise ValueError(
+                    f"download.cloud_mask.refine_resolution_m ({refine}) must be a whole multiple of "
+                    f"grid.resolution_m ({self.grid.resolution_m}) and divide analysis_resolution_m "
+                    f"({self.download.cloud_mask.analysis_resolution_m})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -702,7 +850,8 @@ class RunConfig(StrictModel):
 
     @property
     def model_name(self) -> str:
-        return self.prediction.model or self.merge.name
+        """The product's model: one model (with its versions) per product."""
+        return self.product
 
     @model_validator(mode="after")
     def _superpixel_features_exist(self) -> RunConfig:
@@ -740,6 +889,11 @@ class RunConfig(StrictModel):
     def merge_years(self) -> list[int]:
         return sorted(self.merge.years) if self.merge.years else list(self.years)
 
+    @field_validator("years", mode="before")
+    @classmethod
+    def _relative_years(cls, years: Any, info: ValidationInfo) -> Any:
+        return resolve_years(years, (info.context or {}).get("today"))
+
     @field_validator("years")
     @classmethod
     def _plausible_years(cls, years: list[int]) -> list[int]:
@@ -749,6 +903,47 @@ class RunConfig(StrictModel):
         if len(set(years)) != len(years):
             raise ValueError("years must not repeat")
         return sorted(years)
+
+
+# --------------------------------------------------------------------------- relative years
+
+_RELATIVE_YEAR = re.compile(r"^previous(?:-(\d+))?$")
+
+
+def last_full_year(today: dt.date | None = None) -> int:
+    """The last calendar year that has ended (UTC): on 1 January 2027, 2026."""
+    return (today or dt.datetime.now(dt.UTC).date()).year - 1
+
+
+def resolve_years(value: Any, today: dt.date | None = None) -> Any:
+    """Relative years as plain years, resolved now (or on `today`); anything else is returned as it is.
+
+    `previous` is the last full year and `previous-N` the N-th year before it, alone or in a list
+    among plain years (`[2020, previous]`); `{last: N}` is the last N full years. The model then
+    checks the years as it checks plain ones, so everything after loading sees integers only.
+    """
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, dict):
+        count = value.get("last")
+        if set(value) != {"last"} or isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"relative years are written {{last: N}} with N a whole number ≥ 1, got {value!r}")
+        latest = last_full_year(today)
+        return list(range(latest - count + 1, latest + 1))
+    if not isinstance(value, list | tuple):
+        return value
+    years = []
+    for item in value:
+        if isinstance(item, str) and not item.strip().isdigit():
+            match = _RELATIVE_YEAR.match(item.strip())
+            if match is None:
+                raise ValueError(
+                    f"{item!r} is not a year; relative years are `previous` (the last full year), "
+                    "`previous-N` (N years before it) or {last: N}"
+                )
+            item = last_full_year(today) - int(match.group(1) or 0)
+        years.append(item)
+    return years
 
 
 def params_hash(*parts: BaseModel | dict | list | str | int | float | None) -> str:

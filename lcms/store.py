@@ -22,29 +22,72 @@ Why attempts: a Zarr array is many objects, and neither S3 nor a folder can repl
 many objects at once. Each write goes to a fresh attempt group; only when every array
 of the stage is completely written is `done.json` replaced, in one atomic put, to point
 at it. A crash mid-write therefore leaves the previous state (or "not done") intact, and
-an unfinished attempt is never read. Stale attempts are removed on the next commit.
+an unfinished attempt is never read. The attempt a commit supersedes is removed by that
+commit; abandoned ones as "Concurrent runs" below says.
 
 Each attempt group is what `xarray.open_zarr` expects: arrays carry `dimension_names`,
 coordinates `time` (CF-encoded), `y`/`x` (pixel centres) and a `spatial_ref` variable
 with the CRS, so `ds.rio.crs` and `ds.rio.transform()` work.
 
-What each stage writes, with dtypes, dimensions and chunks, is declared in `LAYOUTS`.
+What each stage writes, with dtypes, dimensions and chunks, is declared with the stage in
+lcms/stages.py; `layout(stage)` looks it up there, and this module writes and reads it.
+
+Concurrent runs (a scheduled run and an ad-hoc rerun, or two machines, on one store): each
+output folder (a tile's stage output for a year, or an AOI product) has at most one writer
+at a time, the holder of its lease, `lease.json` beside the done mark. The lease names its
+owner (host, pid, a random writer id), the attempt it writes and when it expires. A writer
+takes it before it creates its attempt: with an exclusive create (O_CREAT|O_EXCL locally; a
+PUT with If-None-Match: * on S3), so only one of two writers gets it. A lease may be taken
+over when it has expired, when its owner is a process of this machine that has exited (so a
+killed run's tiles are free at once), or when it yields (a writer whose commit was refused);
+the take-over is a compare-and-swap (a PUT with If-Match: the ETag seen, on S3; locally a
+replace of the content seen, under a short-lived `lease.json.lock` folder). A daemon thread of
+the writer renews the lease every quarter of its time (`LeaseSettings.seconds`, 300 s by
+default), so long writes keep it however long they pause between blocks, and a crashed
+writer's lease expires soon; the commit renews it once more right before it puts the done
+mark (a writer that lost its lease raises LeaseError and puts none), removes stale attempts,
+and releases it (deletes it, conditionally), as does an abort.
+
+A second writer of an output held by a live writer waits by default (on_busy "wait": looks
+again every 2 s, for at most an hour, then LeaseError naming the other writer); with on_busy
+"skip" it raises WriteSkipped at once, naming the tile, the stage and the other writer. After
+waiting, if the output is now done with the same params hash, the writer does not write it
+again: a tile writer raises WriteSkipped (which `Stage.run_tile` counts as skipped), and
+`put_files` returns the other run's record. Settings: `TileStore.lease_settings` (a
+`LeaseSettings`), else the environment (LCMS_LEASE_SECONDS, LCMS_ON_BUSY,
+LCMS_BUSY_WAIT_SECONDS), else the defaults.
+
+Stale attempts: a commit (holding the lease, so no other writer is live there) removes the
+attempt it supersedes, the attempt of a writer that provably exited, and any other attempt
+older than the lease time (its writer lost its lease, so it cannot commit). A live writer's
+attempt is never removed. Readers are not locked out: a reader opening the current attempt
+sees a complete output, but one still reading an attempt when a newer commit supersedes it
+can find it gone (compare the done mark before and after a long read).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import errno
 import json
+import logging
 import os
 import secrets
+import socket
 import tempfile
+import threading
+import time
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor on opened datasets)
 import xarray as xr
@@ -53,343 +96,52 @@ from pyproj import CRS
 from zarr.codecs import BloscCodec
 
 from lcms.geometry import PixelGrid
+from lcms.layout import SPATIAL_DIMS, ArraySpec, LeaseError, StageLayout, StoreError, WriteSkipped
+from lcms.lineage import current as current_lineage
+from lcms.stages import STAGES, Keying, get_stage
+
+log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
-SPATIAL_DIMS = ("y", "x")
-SPATIAL_CHUNK = 256
+#: The product of a store handle that names none (a config's `product` default).
+DEFAULT_PRODUCT = "land-cover"
 TIME_UNITS = "seconds since 1970-01-01"
 
 # Consolidated metadata saves S3 round trips; zarr warns that it is not in the v3 spec yet.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
 
-class StoreError(RuntimeError):
-    """A store that cannot be used, or a write that breaks the layout."""
-
-
-# --------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One array of a stage's output: its dimensions, dtype, fill value and chunking."""
-
-    name: str
-    dims: tuple[str, ...]
-    dtype: str
-    fill_value: Any
-    description: str
-    chunks: Mapping[str, int] = field(default_factory=dict)  # dims not named: one chunk over the whole dim
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-    # Other dtypes a stage may choose by config, each with its fill value and extra attributes.
-    alternatives: Mapping[str, tuple[Any, Mapping[str, Any]]] = field(default_factory=dict)
-
-    def choose(self, dtype: str | None) -> ArraySpec:
-        """This spec with `dtype` (one of its alternatives) instead of the default."""
-        if dtype is None or dtype == self.dtype:
-            return self
-        if dtype not in self.alternatives:
-            raise StoreError(f"{self.name} can be {[self.dtype, *self.alternatives]}, not {dtype}")
-        fill_value, attrs = self.alternatives[dtype]
-        return ArraySpec(self.name, self.dims, dtype, fill_value, self.description, self.chunks, attrs)
-
-    def shape_for(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        return tuple(sizes[d] for d in self.dims)
-
-    def chunks_for(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        # Zarr needs chunks of at least 1 even where a dim is empty (a year without acquisitions).
-        return tuple(max(1, min(self.chunks.get(d, sizes[d]), sizes[d])) for d in self.dims)
-
-
-@dataclass(frozen=True)
-class StageLayout:
-    stage: str
-    arrays: tuple[ArraySpec, ...]
-
-    def with_dtypes(self, dtypes: Mapping[str, str] | None) -> StageLayout:
-        """This layout with allowed alternative dtypes chosen for some arrays (e.g. float32 features)."""
-        if not dtypes:
-            return self
-        return StageLayout(self.stage, tuple(a.choose(dtypes.get(a.name)) for a in self.arrays))
-
-    def spec(self, name: str) -> ArraySpec:
-        for spec in self.arrays:
-            if spec.name == name:
-                return spec
-        raise StoreError(f"stage {self.stage!r} has no array {name!r}; it has {[a.name for a in self.arrays]}")
-
-    @property
-    def coordinate_dims(self) -> set[str]:
-        """Non-spatial dims, whose coordinate values the writer must be given."""
-        return {d for a in self.arrays for d in a.dims} - set(SPATIAL_DIMS)
-
-
-_SPATIAL = {"y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK}
-
-LAYOUTS: dict[str, StageLayout] = {
-    "download": StageLayout(
-        "download",
-        (
-            ArraySpec(
-                "bands",
-                ("time", "y", "x", "band"),
-                "uint16",
-                0,
-                "Sentinel-2 reflectance as digital numbers: reflectance = DN / 10000; 0 = no data",
-                chunks={**_SPATIAL, "band": 1},
-                attrs={"reflectance_scale": 10_000},
-            ),
-            ArraySpec(
-                "data_mask",
-                ("time", "y", "x"),
-                "bool",
-                False,
-                "True where the satellite swath has data",
-                chunks=_SPATIAL,
-            ),
-            ArraySpec(
-                "cloud_prob",
-                ("time", "y", "x"),
-                "uint8",
-                255,
-                "s2cloudless cloud probability in percent (0-100); 255 = no data",
-                chunks=_SPATIAL,
-                attrs={"units": "%"},
-            ),
-            ArraySpec(
-                "cloud_mask",
-                ("time", "y", "x"),
-                "bool",
-                False,
-                "True where s2cloudless finds cloud (False where there is no data)",
-                chunks=_SPATIAL,
-            ),
-            ArraySpec(
-                "valid_mask",
-                ("time", "y", "x"),
-                "bool",
-                False,
-                "True where there is data and no cloud: the pixels later stages may use",
-                chunks=_SPATIAL,
-            ),
-            ArraySpec(
-                "valid_coverage",
-                ("time",),
-                "float32",
-                0.0,
-                "Fraction of the tile's pixels that are valid in each frame",
-            ),
-        ),
-    ),
-}
-
-
-LAYOUTS["features"] = StageLayout(
-    "features",
-    (
-        ArraySpec(
-            "features",
-            ("time", "y", "x", "feature"),
-            "int16",
-            -32768,
-            "Features on the stage's date grid: reflectances, indices, tasselled cap",
-            chunks={**_SPATIAL, "feature": 1},
-            # CF packing: xarray decodes value = stored × scale_factor.
-            attrs={"scale_factor": 1e-4, "missing_value": -32768},
-            alternatives={"float32": (float("nan"), {})},
-        ),
-        ArraySpec(
-            "no_valid",
-            ("y", "x"),
-            "bool",
-            False,
-            "True where the pixel had no valid observation in the year: its features are fill values",
-            chunks=_SPATIAL,
-        ),
-        ArraySpec(
-            "valid_count",
-            ("y", "x"),
-            "uint16",
-            0,
-            "Number of valid observations the features were made from",
-            chunks=_SPATIAL,
-        ),
-    ),
-)
-
-
-LAYOUTS["reference"] = StageLayout(
-    "reference",
-    (
-        ArraySpec("labels", ("y", "x"), "uint8", 0, "Reference class codes; 0 = no data", chunks=_SPATIAL),
-        ArraySpec(
-            "labels_eroded",
-            ("y", "x"),
-            "uint8",
-            0,
-            "Reference class codes after the negative buffer: the pixels to sample",
-            chunks=_SPATIAL,
-        ),
-    ),
-)
-
-
-# Per-sample arrays are chunked along "sample" only: a chunk is 16384 rows of every column.
-SAMPLE_CHUNK = 16_384
-_SAMPLES = {"sample": SAMPLE_CHUNK}
-
-
-def _feature_matrix(description: str) -> ArraySpec:
-    return ArraySpec(
-        "features",
-        ("sample", "column"),
-        "int16",
-        -32768,
-        description,
-        chunks=_SAMPLES,
-        attrs={"scale_factor": 1e-4, "missing_value": -32768},  # packed like the features stage's output
-        alternatives={"float32": (float("nan"), {})},
-    )
-
-
-LAYOUTS["sampling"] = StageLayout(
-    "sampling",
-    (
-        _feature_matrix("Features of the sampled pixels: column j is date j // F, feature j % F (F features)"),
-        ArraySpec("label", ("sample",), "uint8", 0, "Reference class code of each sample", chunks=_SAMPLES),
-        ArraySpec("row", ("sample",), "int32", -1, "Pixel row of each sample in the tile grid", chunks=_SAMPLES),
-        ArraySpec("col", ("sample",), "int32", -1, "Pixel column of each sample in the tile grid", chunks=_SAMPLES),
-    ),
-)
-
-LAYOUTS["prediction"] = StageLayout(
-    "prediction",
-    (
-        ArraySpec("labels", ("y", "x"), "uint8", 0, "Predicted class codes; 0 = no data", chunks=_SPATIAL),
-        ArraySpec(
-            "probabilities",
-            ("y", "x", "class"),
-            "uint8",
-            0,
-            "Probability of each class of the `class` coordinate, in percent (0 where no data)",
-            chunks=_SPATIAL,
-            attrs={"units": "%"},
-        ),
-        ArraySpec(
-            "confidence",
-            ("y", "x"),
-            "uint8",
-            0,
-            "Probability of the predicted class in percent; 0 = no data",
-            chunks=_SPATIAL,
-            attrs={"units": "%"},
-        ),
-    ),
-)
-
-LAYOUTS["postprocess"] = StageLayout(
-    "postprocess",
-    (
-        ArraySpec(
-            "labels",
-            ("y", "x"),
-            "uint8",
-            0,
-            "Class codes after the post-processing chain; the prediction stage keeps the original",
-            chunks=_SPATIAL,
-        ),
-    ),
-)
-
-# AOI-level: one merged dataset per model name (see TileStore.product_writer), not per tile.
-SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
-
-LAYOUTS["merge"] = StageLayout(
-    "merge",
-    (
-        _feature_matrix("Features of every sample of the AOI; columns as in the `column` coordinate"),
-        ArraySpec("label", ("sample",), "uint8", 0, "Reference class code of each sample", chunks=_SAMPLES),
-        ArraySpec(
-            "split",
-            ("sample",),
-            "uint8",
-            255,
-            "Split of each sample: 0 train, 1 validation (early stopping), 2 test",
-            chunks=_SAMPLES,
-            attrs={"codes": SPLIT_CODES},
-        ),
-        ArraySpec(
-            "tile", ("sample",), "uint32", 0, "Index of the sample's tile in the `tile_ids` attribute", chunks=_SAMPLES
-        ),
-        ArraySpec("year", ("sample",), "int16", 0, "Year of the sample", chunks=_SAMPLES),
-        ArraySpec("row", ("sample",), "int32", -1, "Pixel row of the sample in its tile's grid", chunks=_SAMPLES),
-        ArraySpec("col", ("sample",), "int32", -1, "Pixel column of the sample in its tile's grid", chunks=_SAMPLES),
-    ),
-)
-
-# Change detection is keyed by the pair of years it compares, not by one year.
-_POLYGONS = {"change_id": 65_536}
-
-LAYOUTS["change"] = StageLayout(
-    "change",
-    (
-        ArraySpec(
-            "status",
-            ("y", "x"),
-            "uint8",
-            0,
-            "Per pixel: 0 no data, 1 unchanged, 2 in a change polygon, 3 changed with low confidence, "
-            "4 changed but removed by cleaning or the minimum area",
-            chunks=_SPATIAL,
-        ),
-        ArraySpec(
-            "polygon",
-            ("y", "x"),
-            "int32",
-            0,
-            "Index (1-based) of the pixel's change polygon along the `change_id` dimension; 0 = none",
-            chunks=_SPATIAL,
-        ),
-        ArraySpec("class_from", ("change_id",), "uint8", 0, "Class code in the earlier year", chunks=_POLYGONS),
-        ArraySpec("class_to", ("change_id",), "uint8", 0, "Class code in the later year", chunks=_POLYGONS),
-        ArraySpec("pixels", ("change_id",), "int64", 0, "Pixels of the polygon (tile core only)", chunks=_POLYGONS),
-        ArraySpec("area_m2", ("change_id",), "float64", 0.0, "Area of the polygon in m²", chunks=_POLYGONS),
-        ArraySpec(
-            "confidence_from",
-            ("change_id",),
-            "float32",
-            0.0,
-            "Mean confidence (%) in the earlier year",
-            chunks=_POLYGONS,
-        ),
-        ArraySpec("confidence_to", ("change_id",), "float32", 0.0, "Mean confidence (%), later year", chunks=_POLYGONS),
-        ArraySpec(
-            "score",
-            ("change_id",),
-            "float32",
-            float("nan"),
-            "How far the feature series differ, in robust z-units over unchanged pixels; NaN = not ranked",
-            chunks=_POLYGONS,
-        ),
-    ),
-)
-
-
-def change_key(year_from: int, year_to: int) -> str:
-    """The store's key of a change stage output (in place of a year): e.g. '2023-2024'."""
-    return f"{year_from}-{year_to}"
-
-
-# AOI-level stages whose output is a set of files (e.g. a model and its plots), not a Zarr group.
-FILE_STAGES = ("training", "change-polygons", "report")
-# Stages with one output per AOI and name (TileStore.product_dir), not one per tile and year.
-AOI_STAGES = ("merge", "training")
+# --------------------------------------------------------------------------- layout (from the stage declarations)
 
 
 def layout(stage: str) -> StageLayout:
-    if stage not in LAYOUTS:
-        raise StoreError(f"unknown stage {stage!r}; known stages: {sorted(LAYOUTS)}")
-    return LAYOUTS[stage]
+    """The Zarr arrays of one output of `stage`, as its declaration in lcms/stages.py gives them."""
+    declared = get_stage(stage).layout
+    if declared is None:
+        raise StoreError(f"stage {stage!r} stores no Zarr arrays (it writes files, or nothing in the store)")
+    return declared
+
+
+class _Layouts(Mapping):
+    """Every declared stage's arrays by stage name, read live from the registry."""
+
+    def __getitem__(self, stage: str) -> StageLayout:
+        if stage not in STAGES or STAGES[stage].layout is None:
+            raise KeyError(stage)
+        return STAGES[stage].layout
+
+    def __iter__(self):
+        return (name for name, s in STAGES.items() if s.layout is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+LAYOUTS: Mapping[str, StageLayout] = _Layouts()
+
+
+def _file_stages() -> tuple[str, ...]:
+    return tuple(name for name, s in STAGES.items() if s.files)
 
 
 def _compressor(dtype: str) -> BloscCodec:
@@ -413,9 +165,10 @@ class DoneRecord:
     arrays: tuple[str, ...]
     written_at: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    lineage: Mapping[str, Any] = field(default_factory=dict)  # see lcms/lineage.py
 
     def to_json(self) -> str:
-        data = {**self.__dict__, "arrays": list(self.arrays), "extra": dict(self.extra)}
+        data = {**self.__dict__, "arrays": list(self.arrays), "extra": dict(self.extra), "lineage": dict(self.lineage)}
         return json.dumps(data, indent=1, sort_keys=True, default=str)
 
     @classmethod
@@ -436,19 +189,30 @@ def _new_attempt_id() -> str:
 class TileStore:
     """A tile store at a local folder or an s3:// URL."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, product: str = DEFAULT_PRODUCT):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.product = product  # the product whose outputs this handle reads and writes
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.is_local = "file" in _protocols(self.fs)
 
     @classmethod
-    def from_config(cls, cfg) -> TileStore:
-        """From a `lcms.config.StoreConfig`."""
-        return cls(cfg.url, cfg.storage_options)
+    def from_config(cls, cfg, product: str = DEFAULT_PRODUCT) -> TileStore:
+        """From a `lcms.config.StoreConfig`, for `product` (a run's `config.product`)."""
+        store = cls(cfg.url, cfg.storage_options, product)
+        store.lease_settings = LeaseSettings(
+            seconds=cfg.lease_seconds, on_busy=cfg.on_busy, wait_seconds=cfg.busy_wait_seconds
+        )
+        return store
+
+    def for_product(self, product: str) -> TileStore:
+        """The same store, reading and writing `product`'s outputs."""
+        other = TileStore(self.url, self.storage_options, product)
+        other.lease_settings = self.lease_settings
+        return other
 
     def __repr__(self) -> str:
-        return f"TileStore({self.url!r})"
+        return f"TileStore({self.url!r}, product={self.product!r})"
 
     # ---------------------------------------------------------------- paths (only built here)
 
@@ -460,8 +224,14 @@ class TileStore:
             return path
         return f"{_protocols(self.fs)[0]}://{path}"
 
+    def _key_dir(self, stage: str, year: int | str) -> str:
+        """Folder of one year's (or pair's) tile outputs of a stage: per product after features."""
+        if get_stage(stage).per_product:
+            return self._path(stage, self.product, str(year))
+        return self._path(stage, str(year))
+
     def tile_dir(self, stage: str, year: int | str, tile_id: str) -> str:
-        return self._path(stage, str(year), tile_id)
+        return f"{self._key_dir(stage, year)}/{tile_id}"
 
     def _done_path(self, stage: str, year: int | str, tile_id: str) -> str:
         return f"{self.tile_dir(stage, year, tile_id)}/done.json"
@@ -471,9 +241,12 @@ class TileStore:
         return self._url(f"{self.tile_dir(stage, year, tile_id)}/{attempt}.zarr")
 
     def product_dir(self, stage: str, name: str) -> str:
-        """Folder of an AOI-level product (a merged dataset, a model): one per stage and name."""
+        """Folder of an AOI-level output: `<stage>/<product>` (merged dataset, model, report), or
+        `<stage>/<product>/<name>` for one keyed within the product (change polygons of a pair of years)."""
         if not name or "/" in name or name.isdigit():
             raise StoreError(f"product name {name!r} must be non-empty, without '/', and not a year")
+        if get_stage(stage).keyed_by is Keying.AOI_YEAR_PAIR:
+            return self._path(stage, self.product, name)
         return self._path(stage, name)
 
     def maps_url(self) -> str:
@@ -514,6 +287,13 @@ class TileStore:
                 f"Store URL {self.url!r} cannot be written ({type(exc).__name__}: {exc}). "
                 "Check that the folder can be created, or that the bucket exists and your credentials allow writing."
             ) from exc
+
+    # Leases (see "Concurrent runs" above): how long they last and what a second writer does.
+    # None: LeaseSettings.from_env(). Set it on a store object to change it for that object only.
+    lease_settings: LeaseSettings | None = None
+
+    def _leases(self) -> LeaseSettings:
+        return self.lease_settings if self.lease_settings is not None else LeaseSettings.from_env()
 
     def _put_atomic(self, path: str, data: bytes) -> None:
         """Replace one small object in a single step: a rename locally, one PUT on S3."""
@@ -574,10 +354,20 @@ class TileStore:
         record = self.done_record(stage, year, tile_id)
         return record is not None and (params_hash is None or record.params_hash == params_hash)
 
+    def require_done(self, stage: str, year: int | str, tile_id: str) -> DoneRecord:
+        """The done mark of an input a stage is about to read; StoreError naming it if there is none."""
+        record = self.done_record(stage, year, tile_id)
+        if record is None:
+            raise StoreError(
+                f"tile {tile_id} has no finished {stage!r} output for {year} in {self.url}; run the {stage} stage first"
+            )
+        return record
+
     def done_tiles(self, stage: str, year: int | str) -> dict[str, DoneRecord]:
         """Every done tile of a stage and year, by tile id."""
-        self.fs.invalidate_cache(self._path(stage, str(year)))  # s3fs caches listings; other workers write here
-        paths = self.fs.glob(self._path(stage, str(year), "*", "done.json"))
+        key_dir = self._key_dir(stage, year)
+        self.fs.invalidate_cache(key_dir)  # s3fs caches listings; other workers write here
+        paths = self.fs.glob(f"{key_dir}/*/done.json")
         records = (DoneRecord.from_json(blob) for blob in self.fs.cat(paths).values()) if paths else ()
         return {r.tile_id: r for r in records}
 
@@ -631,6 +421,8 @@ class TileStore:
         """Start a write attempt of an AOI-level Zarr product (no pixel grid), e.g. the merged samples.
 
         Committed and read like a tile's output: `open_product` sees it only once it is complete.
+        Like a tile writer it holds the product's lease, so it may wait for, or skip (WriteSkipped),
+        another run writing the same product.
         """
         stage_layout = layout(stage).with_dtypes(dtypes)
         if any(_is_spatial(a) for a in stage_layout.arrays):
@@ -653,38 +445,77 @@ class TileStore:
         """Upload every file of a local folder as a new attempt of a file product, then mark it current.
 
         As with tiles, the product's done.json is replaced in one step after all files are in
-        place, so a reader never sees half of a model; older attempts are removed afterwards.
+        place, so a reader never sees half of a model. Older attempts are removed afterwards,
+        except for versioned products (models), which keep every version with its own record.
         """
-        if stage not in FILE_STAGES:
-            raise StoreError(f"stage {stage!r} does not store files; file stages: {FILE_STAGES}")
+        if stage not in _file_stages():
+            raise StoreError(f"stage {stage!r} does not store files; file stages: {_file_stages()}")
         files = sorted(p for p in Path(folder).iterdir() if p.is_file())
         if not files:
             raise StoreError(f"{folder} holds no files to store")
         product = self.product_dir(stage, name)
         attempt = _new_attempt_id()
-        self.fs.makedirs(f"{product}/{attempt}", exist_ok=True)  # a folder locally; nothing to do on S3
-        for path in files:
-            self.fs.put_file(str(path), f"{product}/{attempt}/{path.name}")
-        record = DoneRecord(
-            stage=stage,
-            year="-",
-            tile_id=name,
-            params_hash=params_hash,
-            attempt=attempt,
-            arrays=tuple(p.name for p in files),
-            written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            extra=dict(extra or {}),
-        )
-        self._put_atomic(f"{product}/done.json", record.to_json().encode())
-        self.fs.invalidate_cache(product)
-        for path in self.fs.glob(f"{product}/attempt-*"):
-            if not path.rstrip("/").endswith(attempt):
-                self.fs.rm(path, recursive=True)
+        versioned = get_stage(stage).versioned
+        # One writer per product at a time (see "Concurrent runs"); a run that waited for another one
+        # which made this very output (same params hash) keeps that one.
+        lease = _Lease(self, product, attempt, f"{stage} output {name!r}")
+        if lease.acquire() and (done := _done_meanwhile(self.fs, product, params_hash, lease)) is not None:
+            return done
+        try:
+            self.fs.makedirs(f"{product}/{attempt}", exist_ok=True)  # a folder locally; nothing to do on S3
+            for path in files:
+                self.fs.put_file(str(path), f"{product}/{attempt}/{path.name}")
+            record = DoneRecord(
+                stage=stage,
+                year="-",
+                tile_id=name,
+                params_hash=params_hash,
+                attempt=attempt,
+                arrays=tuple(p.name for p in files),
+                written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                extra=dict(extra or {}),
+                lineage=current_lineage(),  # parameters, code and inputs of the stage runner
+            )
+            if versioned:  # each version keeps its own record, numbered under the lease, for `versions()`
+                number = len(self.versions(stage, name)) + 1  # attempt ids only order by whole seconds
+                numbered = dataclasses.replace(record, extra={**record.extra, "version_number": number})
+                self._put_atomic(f"{product}/{attempt}/version.json", numbered.to_json().encode())
+            superseded = _current_attempt(self.fs, product)
+            lease.confirm()  # no done mark once the lease is lost
+            self._put_atomic(f"{product}/done.json", record.to_json().encode())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(f"{product}/{attempt}", recursive=True)
+            lease.release()
+            raise
+        try:  # models keep every version; other products only the current one
+            _remove_stale(self.fs, product, "", attempt, None if versioned else superseded, lease, versions=versioned)
+        finally:
+            lease.release()
         return record
 
-    def get_files(self, stage: str, name: str, folder: Path) -> DoneRecord:
-        """Download the current attempt of a file product into a local folder."""
-        record = self.product_record(stage, name)
+    def versions(self, stage: str, name: str) -> list[DoneRecord]:
+        """Every kept version of a versioned file product (e.g. the models of a product), oldest first.
+
+        Each version's own record is the `version.json` written beside its files.
+        """
+        product = self.product_dir(stage, name)
+        self.fs.invalidate_cache(product)
+        paths = self.fs.glob(f"{product}/attempt-*/version.json")
+        records = [DoneRecord.from_json(blob) for blob in self.fs.cat(paths).values()] if paths else []
+        return sorted(records, key=lambda r: (r.extra.get("version_number", 0), r.attempt))
+
+    def version_record(self, stage: str, name: str, version: str) -> DoneRecord:
+        """The record of one kept version; StoreError naming the versions there are if it is not one."""
+        for record in self.versions(stage, name):
+            if record.attempt == version:
+                return record
+        known = [r.attempt for r in self.versions(stage, name)]
+        raise StoreError(f"{self.url} has no version {version!r} of {stage} {name!r}; it has {known}")
+
+    def get_files(self, stage: str, name: str, folder: Path, version: str | None = None) -> DoneRecord:
+        """Download the current attempt of a file product (or a kept `version`) into a local folder."""
+        record = self.product_record(stage, name) if version is None else self.version_record(stage, name, version)
         if record is None:
             raise StoreError(f"{self.url} has no finished {stage!r} output named {name!r}; run the {stage} stage first")
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -777,14 +608,37 @@ class TileWriter:
         if grid is not None:
             self.sizes.update(y=grid.height, x=grid.width)
 
-        self.group = zarr.open_group(store._zarr_store(self.url), mode="w-", zarr_format=3)
+        # One writer per output at a time: take its lease before the attempt exists (see "Concurrent runs").
+        stage = self.layout.stage
+        what = f"{stage} tile {tile_id} ({year})" if grid is not None else f"{stage} output {tile_id!r}"
+        self._lease = _Lease(store, tile_dir, self.attempt, what)
+        if self._lease.acquire():
+            done = _done_meanwhile(store.fs, tile_dir, params_hash, self._lease)
+            if done is not None:
+                raise WriteSkipped(
+                    f"skipped {what}: {_describe(self._lease.waited_for)} finished it with the same parameters "
+                    f"while this run waited (attempt {done.attempt})",
+                    reason="done",
+                    owner=self._lease.waited_for,
+                    record=done,
+                )
+        weakref.finalize(self, self._lease.release)  # an abandoned writer gives its lease up when collected
+        try:
+            self._create_attempt(coords, attrs)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create_attempt(self, coords: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        grid = self.grid
+        self.group = zarr.open_group(self.store._zarr_store(self.url), mode="w-", zarr_format=3)
         self.group.attrs.update(
             {
                 "lcms_stage": self.layout.stage,
-                "year": year,
-                "tile_id": tile_id,
+                "year": self.year,
+                "tile_id": self.tile_id,
                 "pixel_grid": grid.to_attrs() if grid is not None else None,
-                "params_hash": params_hash,
+                "params_hash": self.params_hash,
                 **attrs,
             }
         )
@@ -909,6 +763,7 @@ class TileWriter:
         """Make this attempt the tile's current output, atomically, then remove stale attempts."""
         unwritten = [name for name, seen in self._coverage.items() if not seen.all()]
         if unwritten:
+            self._lease.yield_()  # another writer may take the output over; if none does, a later commit reclaims it
             raise StoreError(f"cannot mark tile {self.tile_id} done: arrays {unwritten} are not completely written")
         zarr.consolidate_metadata(self.group.store)
         record = DoneRecord(
@@ -920,23 +775,30 @@ class TileWriter:
             arrays=tuple(a.name for a in self.layout.arrays),
             written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             extra=dict(extra or {}),
+            lineage=current_lineage(),  # parameters, code and inputs of the stage runner
         )
+        superseded = _current_attempt(self.store.fs, self.tile_dir)
+        self._lease.confirm()  # still this writer's, for a good while yet; LeaseError (no done mark) if not
         self.store._put_atomic(f"{self.tile_dir}/done.json", record.to_json().encode())
         self._closed = True
-        self._remove_stale_attempts()
+        try:
+            self._remove_stale_attempts(superseded)
+        finally:
+            self._lease.release()
         return record
 
     def abort(self) -> None:
-        """Remove this attempt; the tile's previous state stays as it was."""
+        """Remove this attempt and give the lease up; the tile's previous state stays as it was."""
         self._closed = True
-        if self.store.fs.exists(self.path):
-            self.store.fs.rm(self.path, recursive=True)
+        try:
+            if self.store.fs.exists(self.path):
+                self.store.fs.rm(self.path, recursive=True)
+        finally:
+            self._lease.release()
 
-    def _remove_stale_attempts(self) -> None:
-        self.store.fs.invalidate_cache(self.tile_dir)
-        for path in self.store.fs.glob(f"{self.tile_dir}/attempt-*.zarr"):
-            if not path.rstrip("/").endswith(f"{self.attempt}.zarr"):
-                self.store.fs.rm(path, recursive=True)
+    def _remove_stale_attempts(self, superseded: str | None = None) -> None:
+        """Remove the attempt just superseded and abandoned ones (see `_remove_stale`), holding the lease."""
+        _remove_stale(self.store.fs, self.tile_dir, ".zarr", self.attempt, superseded, self._lease)
 
     def __enter__(self) -> TileWriter:
         return self
@@ -977,3 +839,484 @@ class TileReader:
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs)
+
+
+# --------------------------------------------------------------------------- leases: one writer per output at a time
+
+LEASE_FILE = "lease.json"
+_ON_BUSY = ("wait", "skip")
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How writers of one store share it (see "Concurrent runs" in the module docstring).
+
+    `seconds`: how long a lease lasts unless renewed; a writer renews its lease every quarter
+    of that while it is open, and a commit removes an abandoned attempt only once it is older
+    than that. `on_busy`: what a writer does when another live writer holds the lease:
+    "wait" (look again every `poll_seconds`, for at most `wait_seconds`, then LeaseError)
+    or "skip" (WriteSkipped at once, naming the other writer).
+    """
+
+    seconds: float = 300.0
+    on_busy: str = "wait"
+    wait_seconds: float = 3600.0
+    poll_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.on_busy not in _ON_BUSY:
+            raise StoreError(f"on_busy must be one of {_ON_BUSY}, not {self.on_busy!r}")
+        if self.seconds <= 0 or self.poll_seconds <= 0 or self.wait_seconds < 0:
+            raise StoreError("lease seconds and poll seconds must be positive, and wait seconds not negative")
+
+    @classmethod
+    def from_env(cls) -> LeaseSettings:
+        """The defaults, or LCMS_LEASE_SECONDS, LCMS_ON_BUSY and LCMS_BUSY_WAIT_SECONDS where they are set."""
+        default, env = cls(), os.environ
+        return cls(
+            seconds=float(env.get("LCMS_LEASE_SECONDS", default.seconds)),
+            on_busy=env.get("LCMS_ON_BUSY", default.on_busy),
+            wait_seconds=float(env.get("LCMS_BUSY_WAIT_SECONDS", default.wait_seconds)),
+        )
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _process_space() -> str | None:
+    """Which processes this one can see: this boot of this machine, this PID namespace (None without /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
+def _this_process() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid), "space": _process_space()}
+
+
+def _owner_gone(owner: Mapping | None) -> bool:
+    """True only when a lease's owner provably no longer runs: a process we can see that has exited."""
+    if not owner or owner.get("space") is None or owner.get("space") != _process_space():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    start = _process_start(pid)
+    return start is None or (owner.get("start") is not None and start != owner["start"])
+
+
+def _describe(owner: Mapping | None) -> str:
+    if not owner:
+        return "an unknown writer"
+    return f"host {owner.get('host')}, pid {owner.get('pid')} (writer {owner.get('id')})"
+
+
+def _attempt_age(attempt: str) -> float:
+    """Seconds since an attempt was created, from its id (0 if the id carries no time)."""
+    try:
+        created = dt.datetime.strptime(attempt.split("-")[1], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    except (IndexError, ValueError):
+        return 0.0
+    return time.time() - created.timestamp()
+
+
+def _condition_failed(exc: BaseException) -> bool:
+    """A conditional S3 request whose condition did not hold (412), that lost a race (409), or found nothing."""
+    if isinstance(exc, FileNotFoundError | FileExistsError):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = response.get("Error", {}).get("Code")
+            return status in (404, 409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict")
+        seen = seen.__cause__ or seen.__context__
+    # s3fs turns 412 into OSError(EINVAL, "...pre-conditions...") and 409 into OSError(EBUSY)
+    return isinstance(exc, OSError) and (
+        exc.errno == errno.EBUSY or (exc.errno == errno.EINVAL and "condition" in str(exc).lower())
+    )
+
+
+class _LocalLeaseIO:
+    """Lease objects in a folder: exclusive create (O_EXCL), and compare-and-swap under a guard.
+
+    The token of a local lease is its content (unique: it holds the owner's random id and times).
+    Replacing or deleting a lease happens under a guard folder next to it (mkdir is atomic, also on
+    NFS), so two writers can never both replace the lease they saw; the guard is held for a few
+    milliseconds, and one left by a process that died in between is removed after 30 s.
+    """
+
+    def read(self, path: str) -> tuple[bytes, bytes, float] | None:
+        try:
+            with open(path, "rb") as handle:
+                return (data := handle.read()), data, os.fstat(handle.fileno()).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def create(self, path: str, data: bytes) -> bytes | None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return data
+
+    def replace(self, path: str, data: bytes, token: bytes) -> bytes | None:
+        def swap():
+            current = self.read(path)
+            if current is None or current[1] != token:
+                return None
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".lease-")
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            return data
+
+        return self._guarded(path, swap)
+
+    def delete(self, path: str, token: bytes) -> bool:
+        def remove():
+            current = self.read(path)
+            if current is None or current[1] != token:
+                return False
+            os.unlink(path)
+            return True
+
+        return bool(self._guarded(path, remove))
+
+    def _guarded(self, path: str, action):
+        guard = f"{path}.lock"
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.mkdir(guard)
+                break
+            except FileNotFoundError:  # the folder is gone, and the lease with it
+                return None
+            except FileExistsError:
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(guard).st_mtime > 30:
+                        os.rmdir(guard)  # left by a process that died while it held it
+                        continue
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"lease guard {guard} held for more than 5 s") from None
+                time.sleep(0.005)
+        try:
+            return action()
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(guard)
+
+
+class _S3LeaseIO:
+    """Lease objects on S3: conditional PUT and DELETE (If-None-Match: *, If-Match: ETag); the token is the ETag."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def _where(self, path: str) -> dict[str, str]:
+        bucket, key, _ = self.fs.split_path(path)
+        return {"Bucket": bucket, "Key": key}
+
+    def read(self, path: str) -> tuple[bytes, str, float] | None:
+        async def get():
+            response = await self.fs._call_s3("get_object", **self._where(path))
+            try:
+                data = await response["Body"].read()
+            finally:
+                response["Body"].close()
+            return data, response["ETag"], response["LastModified"].timestamp()
+
+        try:
+            return fsspec.asyn.sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return None
+
+    def _put(self, path: str, data: bytes, **condition) -> str | None:
+        try:
+            return self.fs.call_s3("put_object", Body=data, **self._where(path), **condition)["ETag"]
+        except Exception as exc:
+            if _condition_failed(exc):
+                return None
+            raise
+
+    def create(self, path: str, data: bytes) -> str | None:
+        return self._put(path, data, IfNoneMatch="*")
+
+    def replace(self, path: str, data: bytes, token: str) -> str | None:
+        return self._put(path, data, IfMatch=token)
+
+    def delete(self, path: str, token: str) -> bool:
+        try:
+            self.fs.call_s3("delete_object", **self._where(path), IfMatch=token)
+            return True
+        except Exception as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+
+
+class _Lease:
+    """The lease of one output folder (a tile's stage output for a year, or an AOI product).
+
+    `acquire()` takes it (waiting or skipping as the store's LeaseSettings say), a daemon thread
+    renews it, `confirm()` renews it right before a commit (fencing: no done mark after losing it),
+    `release()` gives it up.
+    """
+
+    def __init__(self, store: TileStore, folder: str, attempt: str, what: str):
+        self.settings = store._leases()
+        if store.is_local:
+            self.io: _LocalLeaseIO | _S3LeaseIO = _LocalLeaseIO()
+        elif {"s3", "s3a"} & set(_protocols(store.fs)):
+            self.io = _S3LeaseIO(store.fs)
+        else:
+            raise StoreError(f"store {store.url}: leases need a local folder or S3, not {_protocols(store.fs)}")
+        self.path = f"{folder}/{LEASE_FILE}"
+        self.what, self.attempt = what, attempt
+        self.owner = {**_this_process(), "id": secrets.token_hex(6)}
+        self.token: Any = None
+        self.expires = 0.0
+        self.yielding = False
+        self.lost: str | None = None
+        self.previous: dict | None = None  # the lease this one took over, and why it was free
+        self.waited_for: dict | None = None  # the owner this writer waited for, if it waited
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- state
+
+    def _payload(self, yielding: bool) -> tuple[bytes, float]:
+        now = time.time()
+        expires = now + self.settings.seconds
+        state = {
+            "owner": self.owner,
+            "output": self.what,
+            "attempt": self.attempt,
+            "expires": expires,
+            "expires_at": _iso(expires),
+            "renewed_at": _iso(now),
+            "yielding": yielding,
+        }
+        return json.dumps(state, indent=1, sort_keys=True).encode(), expires
+
+    def _read(self) -> tuple[dict, Any] | None:
+        found = self.io.read(self.path)
+        if found is None:
+            return None
+        data, token, mtime = found
+        try:
+            state = json.loads(data)
+            float(state["expires"])
+        except (ValueError, KeyError, TypeError):  # being created right now, or left half-written by a crash
+            state = {"owner": None, "attempt": None, "expires": mtime + self.settings.seconds}
+        return state, token
+
+    @staticmethod
+    def _free(state: Mapping) -> str | None:
+        """Why another writer's lease may be taken over, or None while it is live."""
+        if state.get("yielding"):
+            return "yielded"
+        if time.time() > float(state["expires"]):
+            return "expired"
+        if _owner_gone(state.get("owner")):
+            return "owner-gone"
+        return None
+
+    def busy_message(self, state: Mapping) -> str:
+        return (
+            f"{self.what} is being written by another run: {_describe(state.get('owner'))}, "
+            f"attempt {state.get('attempt')}, lease until {state.get('expires_at')}"
+        )
+
+    # ---------------------------------------------------------------- taking, keeping, giving up
+
+    def acquire(self) -> bool:
+        """Take the lease; True if this writer had to wait for another one first."""
+        settings = self.settings
+        deadline = time.monotonic() + settings.wait_seconds
+        while True:
+            current = self._read()
+            if current is None:
+                payload, expires = self._payload(False)
+                token = self.io.create(self.path, payload)
+                if token is not None:
+                    self._hold(token, expires)
+                    return self.waited_for is not None
+                time.sleep(min(0.05, settings.poll_seconds))
+                continue
+            state, token = current
+            if (state.get("owner") or {}).get("id") == self.owner["id"]:  # our own PUT, answered late
+                self._hold(token, float(state["expires"]))
+                return self.waited_for is not None
+            why = self._free(state)
+            if why is not None:
+                payload, expires = self._payload(False)
+                try:
+                    taken = self.io.replace(self.path, payload, token)
+                except TimeoutError:
+                    taken = None
+                if taken is not None:
+                    self.previous = {**state, "free_because": why}
+                    level = logging.INFO if why == "yielded" else logging.WARNING
+                    log.log(level, "took over the lease of %s from %s (%s)", self.what, _describe(state["owner"]), why)
+                    self._hold(taken, expires)
+                    return self.waited_for is not None
+                time.sleep(min(0.05, settings.poll_seconds))
+                continue
+            message = self.busy_message(state)
+            if settings.on_busy == "skip":
+                log.warning("skipped %s", message)
+                raise WriteSkipped(f"skipped {message}", reason="busy", owner=state.get("owner"))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LeaseError(
+                    f"gave up after waiting {settings.wait_seconds:g} s: {message}. Rerun when it has finished, "
+                    "or raise the wait (LCMS_BUSY_WAIT_SECONDS)"
+                )
+            if self.waited_for is None:
+                log.info("waiting up to %g s: %s", settings.wait_seconds, message)
+            self.waited_for = dict(state.get("owner") or {})
+            time.sleep(min(settings.poll_seconds, remaining))
+
+    def _hold(self, token: Any, expires: float) -> None:
+        self.token, self.expires = token, expires
+        self._thread = threading.Thread(target=self._keep, name=f"lcms-lease {self.what}", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.settings.seconds / 4):
+            try:
+                self.renew()
+            except LeaseError:
+                return
+            except Exception as exc:  # a network hiccup: try again at the next tick, while the lease lasts
+                log.warning("could not renew the lease of %s (%s: %s); retrying", self.what, type(exc).__name__, exc)
+
+    def renew(self, yielding: bool | None = None) -> None:
+        """Extend the lease (and set whether it yields); LeaseError if it is no longer this writer's."""
+        with self._lock:
+            if self.lost is not None:
+                raise LeaseError(self.lost)
+            if self.token is None:
+                raise LeaseError(f"the lease of {self.what} is not held")
+            if time.time() > self.expires - self.settings.seconds / 10:
+                # Too close to (or past) its expiry: another writer may be taking it over right now.
+                self._lose(f"the lease of {self.what} expired before it could be renewed")
+            yielding = self.yielding if yielding is None else yielding
+            payload, expires = self._payload(yielding)
+            token = self.io.replace(self.path, payload, self.token)
+            if token is None:
+                current = self._read()
+                owner = current[0].get("owner") if current else None
+                self._lose(f"another writer took over the lease of {self.what}: {_describe(owner)}")
+            self.token, self.expires, self.yielding = token, expires, yielding
+
+    def _lose(self, reason: str) -> None:
+        self.lost, self.token = reason, None
+        self._stop.set()
+        log.warning("%s; this writer will not commit", reason)
+        raise LeaseError(reason)
+
+    def confirm(self) -> None:
+        """Renew the lease right before a commit: no done mark is put once it is lost."""
+        self.renew(yielding=False)
+
+    def yield_(self) -> None:
+        """Keep writing, but let another writer take the output over (after a refused commit)."""
+        with contextlib.suppress(LeaseError, OSError, TimeoutError):
+            self.renew(yielding=True)
+
+    def release(self) -> None:
+        """Give the lease up (after a commit or an abort); a no-op once released or lost."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        with self._lock:
+            token, self.token = self.token, None
+            if token is None or self.lost is not None:
+                return
+            try:
+                if not self.io.delete(self.path, token):
+                    log.warning("the lease of %s was no longer this writer's at release", self.what)
+            except Exception as exc:
+                log.warning("could not release the lease of %s (%s); it expires by itself", self.what, exc)
+
+    def gone_attempt(self) -> str | None:
+        """The attempt of a lease taken over from a writer that provably exited (removable at once)."""
+        if self.previous and self.previous.get("free_because") == "owner-gone":
+            return self.previous.get("attempt")
+        return None
+
+
+def _current_attempt(fs, folder: str) -> str | None:
+    """The attempt the done mark in `folder` points at, if any."""
+    try:
+        return DoneRecord.from_json(fs.cat_file(f"{folder}/done.json")).attempt
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _done_meanwhile(fs, folder: str, params_hash: str, lease: _Lease) -> DoneRecord | None:
+    """After waiting for another writer: its done mark if it made the same output (same params hash).
+
+    The lease is then released: this writer has nothing to do.
+    """
+    try:
+        record = DoneRecord.from_json(fs.cat_file(f"{folder}/done.json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if record.params_hash != params_hash:
+        return None
+    lease.release()
+    log.info("%s was finished by %s while this run waited: skipped", lease.what, _describe(lease.waited_for))
+    return record
+
+
+def _remove_stale(fs, folder: str, suffix: str, keep: str, superseded: str | None, lease: _Lease, versions=False):
+    """Remove the attempts in `folder` that no writer can still use. Called by a commit holding the lease.
+
+    Since this writer holds the output's lease, no other writer holds it: an attempt other than
+    `keep` is either the one just `superseded` (committed, so finished), the attempt of a writer
+    that provably exited, or one whose writer's lease was gone or expired; the last kind is removed
+    only once it is older than the lease time (its writer may still be running and find out at its
+    commit that it lost its lease). Versioned products keep every attempt with a version.json.
+    """
+    fs.invalidate_cache(folder)
+    gone = lease.gone_attempt()
+    for path in fs.glob(f"{folder}/attempt-*{suffix}"):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        attempt = name[: -len(suffix)] if suffix else name
+        if attempt == keep or (versions and fs.exists(f"{path}/version.json")):
+            continue
+        # +1 s: attempt ids carry whole seconds
+        if attempt in (superseded, gone) or _attempt_age(attempt) > lease.settings.seconds + 1:
+            try:
+                fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # the commit stands; a later one removes it
+                log.warning("could not remove the stale attempt %s (%s)", path, exc)

@@ -68,3 +68,18 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def sentinel_hub(monkeypatch):
+    """The local Sentinel Hub (tests/sentinelhub_service.py), with fast retries and its credentials set."""
+    from sentinelhub_service import FakeSentinelHub
+
+    from tasks.download.sentinelhub_source import SentinelHubSource
+
+    monkeypatch.setattr(SentinelHubSource, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(SentinelHubSource, "MIN_REQUEST_INTERVAL_S", 0.0)
+    with FakeSentinelHub() as service:
+        monkeypatch.setenv("SH_CLIENT_ID", service.client_id)
+        monkeypatch.setenv("SH_CLIENT_SECRET", service.client_secret)
+        yield service

@@ -16,8 +16,13 @@ the real sentinelhub-py client code can be tested against it:
   bands and units, output bands and sampleType) and returns the input bands in that order,
   which is what an evalscript like ``return [s.B01, ..., s.dataMask]`` does. Units ``DN`` give
   the L1C DN of the synthetic scene (plus the +1000 offset of baseline 04.00 products when
-  ``harmonizeValues`` is false), ``REFLECTANCE`` gives DN / 10000. L2A is served as the
-  synthetic L1C without B10 (it only exercises band selection).
+  ``harmonizeValues`` is false), ``REFLECTANCE`` gives DN / 10000; ``units`` may be one string
+  or one per band, as on the real service. L2A is served as the synthetic L1C without B10.
+  Besides the spectral bands and ``dataMask`` it answers, from the scene's own truth, for the
+  bands the real service offers for cloud masking: ``CLM`` (0 clear, 1 cloud, 255 no data:
+  the true cloud mask), ``CLP`` (0..255: the cloud opacity × 255), ``SCL`` (L2A only: the
+  synthetic scene classification, Sen2Cor codes) in ``DN``, and ``sunAzimuthAngles`` /
+  ``sunZenithAngles`` (the scene's sun, only in ``DEGREES``).
 
 The world: one Sentinel-2 tile footprint (`coverage`, lon/lat) with a fixed acquisition
 calendar per year of `years`: the `SyntheticScene`'s dates (with millisecond parts, as real
@@ -54,12 +59,18 @@ from shapely.geometry import box, mapping, shape
 
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.download.synthetic import SyntheticScene
+from tasks.download.synthetic import L2A_INDEX, SyntheticScene, _scene_classification
 
 TOKEN_PATHS = ("/auth/realms/main/protocol/openid-connect/token", "/auth/realms/CDSE/protocol/openid-connect/token")
 CATALOG_SEARCH_PATH = "/api/v1/catalog/1.0.0/search"
 PROCESS_PATH = "/api/v1/process"
 COLLECTIONS = {"sentinel-2-l1c": L1C_BANDS, "sentinel-2-l2a": L2A_BANDS}
+# Auxiliary bands of each collection (the real service has more: viewZenithMean, CLD, SNW, ...).
+AUX_BANDS = {
+    "sentinel-2-l1c": ("CLM", "CLP", "sunAzimuthAngles", "sunZenithAngles"),
+    "sentinel-2-l2a": ("SCL", "CLM", "CLP", "sunAzimuthAngles", "sunZenithAngles"),
+}
+ANGLE_BANDS = ("sunAzimuthAngles", "sunZenithAngles")
 BASELINE_04_START = np.datetime64("2022-01-25T00:00:00", "ms")
 
 PAIR_OFFSET_MS = 4 * 60_000 + 7_500  # next granule of the same datatake
@@ -338,7 +349,7 @@ class FakeSentinelHub:
         (data,) = request["input"]["data"]
         if data.get("type") not in COLLECTIONS:
             raise ApiError(400, f"Unknown data collection type {data.get('type')!r}")
-        script = _parse_evalscript(request.get("evalscript", ""), COLLECTIONS[data["type"]])
+        script = _parse_evalscript(request.get("evalscript", ""), COLLECTIONS[data["type"]] + AUX_BANDS[data["type"]])
         if script["output_id"] != responses[0]["identifier"]:
             raise ApiError(400, f"Output {responses[0]['identifier']!r} is not declared by the evalscript")
 
@@ -358,8 +369,15 @@ class FakeSentinelHub:
 
         resx, resy = (maxx - minx) / width, (maxy - miny) / height
         grid = PixelGrid(crs.to_string(), (resx, 0.0, minx, 0.0, -resy, maxy), (height, width))
-        band_index = [L1C_BANDS.index(b) for b in script["bands"] if b != "dataMask"]
+        spectral = [b for b in script["bands"] if b in L1C_BANDS]
+        band_index = [L1C_BANDS.index(b) for b in spectral]
+        aux = [b for b in script["bands"] if b not in L1C_BANDS and b != "dataMask"]
+        for band, unit in zip(script["bands"], script["units"], strict=True):
+            wanted = "DEGREES" if band in ANGLE_BANDS else ("DN", "REFLECTANCE") if band in L1C_BANDS else "DN"
+            if unit not in wanted and band != "dataMask":
+                raise ApiError(400, f"Units {unit} are not supported for band {band}")
         dn = np.zeros((height, width, len(band_index)), np.float32)
+        aux_values = {b: np.full((height, width), 255.0 if b == "CLM" else 0.0, np.float32) for b in aux}
         filled = np.zeros((height, width), bool)
         for tile in tiles:  # SIMPLE mosaicking: each pixel from the first tile (in order) with data
             rendered = self.scene.render(grid, tile.year, np.array([tile.render_time]))
@@ -368,19 +386,41 @@ class FakeSentinelHub:
             if not harmonize and tile.time >= BASELINE_04_START:
                 values += 1000.0  # BOA/TOA_ADD_OFFSET of processing baseline 04.00+
             dn[take] = values[take]
+            if aux:
+                self._aux_values(grid, tile, rendered, aux, take, aux_values)
             filled |= take
             if filled.all():
                 break
 
         planes, i = [], 0
-        for band in script["bands"]:
+        for band, unit in zip(script["bands"], script["units"], strict=True):
             if band == "dataMask":
                 planes.append(filled.astype(np.float32))
+            elif band in aux_values:
+                planes.append(aux_values[band])
             else:
-                planes.append(dn[..., i] if script["units"] == "DN" else dn[..., i] / 10_000.0)
+                planes.append(dn[..., i] if unit == "DN" else dn[..., i] / 10_000.0)
                 i += 1
         image = _to_sample_type(np.stack(planes), script["sample_type"])
         return _geotiff(image, crs, Affine(resx, 0.0, minx, 0.0, -resy, maxy)), "image/tiff"
+
+    def _aux_values(self, grid, tile: Acquisition, rendered, bands, take, out) -> None:
+        """The auxiliary bands of one acquisition where it supplies the pixels (`take`)."""
+        for band in bands:
+            if band == "CLM":
+                value = rendered.cloud_mask[0].astype(np.float32)
+            elif band == "CLP":
+                value = np.clip(self.scene.cloud_opacity(grid, np.array([tile.render_time]))[0], 0, 1) * 255.0
+            elif band == "SCL":
+                l2a = rendered.bands[..., L2A_INDEX]
+                scl = _scene_classification(
+                    l2a, rendered.data_mask, rendered.cloud_mask, rendered.shadow_mask, rendered.land_cover
+                )
+                value = scl[0].astype(np.float32)
+            else:
+                azimuth, zenith = self.scene.sun_angles(np.array([tile.render_time]))
+                value = np.full(take.shape, (azimuth if band == "sunAzimuthAngles" else zenith)[0], np.float32)
+            out[band][take] = value[take]
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -556,7 +596,7 @@ def _parse_evalscript(script: str, collection_bands: tuple[str, ...]) -> dict:
     unknown = [b for b in bands if b not in (*collection_bands, "dataMask")]
     if unknown:
         raise ApiError(400, f"Unknown bands {unknown} for this collection")
-    units = re.search(r'units\s*:\s*"(\w+)"', script)
+    units = re.search(r'units\s*:\s*(?:"(\w+)"|\[([^\]]*)\])', script)
     out = re.search(r"output\s*:\s*\{([^}]*)\}", script)
     if not out:
         raise ApiError(400, "Cannot find the output in the evalscript's setup()")
@@ -565,9 +605,17 @@ def _parse_evalscript(script: str, collection_bands: tuple[str, ...]) -> dict:
     sample_type = re.search(r'sampleType\s*:\s*"?(\w+)"?', out.group(1))
     if not out_bands or int(out_bands.group(1)) != len(bands):
         raise ApiError(400, "The fake returns the input bands: output bands must equal the number of inputs")
+    if units is None:
+        per_band = ["REFLECTANCE"] * len(bands)
+    elif units.group(1):
+        per_band = [units.group(1)] * len(bands)
+    else:
+        per_band = re.findall(r'"(\w+)"', units.group(2))
+        if len(per_band) != len(bands):
+            raise ApiError(400, "units must list one unit per input band")
     return {
         "bands": bands,
-        "units": units.group(1) if units else "REFLECTANCE",
+        "units": per_band,
         "output_id": out_id.group(1) if out_id else "default",
         "sample_type": (sample_type.group(1) if sample_type else "AUTO").upper(),
     }

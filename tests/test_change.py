@@ -19,7 +19,8 @@ from shapely.ops import unary_union
 from flows.common import StageInputError, TileFailures, load_grid
 from lcms.config import DateGridConfig, parse_config
 from lcms.legend import LULC_LEGEND
-from lcms.store import TileStore, change_key
+from lcms.stages import change_key
+from lcms.store import TileStore
 from tasks.change.detect import STATUS, ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
 from tasks.change.polygons import read_change_layer
 from tasks.features.temporal import date_grid

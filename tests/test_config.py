@@ -64,9 +64,23 @@ def test_unknown_fields_are_rejected_by_name(change, field):
         ({"cluster": {"kind": "kubernetes"}}, "cluster", "kind"),
         ({"cluster": {"kind": "ec2", "adaptive_min": 3}}, "cluster", "adaptive_max"),
         ({"download": {"source": {"kind": "ftp"}}}, "download.source", "must be one of"),
-        ({"download": {"source": {"kind": "sentinelhub", "collection": "L2A"}}}, "(top level)", "L2A has no B10"),
+        (
+            {
+                "download": {
+                    "source": {"kind": "sentinelhub", "collection": "L2A"},
+                    "cloud_mask": {"method": "s2cloudless"},
+                }
+            },
+            "(top level)",
+            "L2A has no B10",
+        ),
         ({"download": {"source": {"kind": "files"}}}, "download.source.path", "required field"),
-        ({"download": {"cloud_mask": {"analysis_resolution_m": 60}}}, "(top level)", "multiple of the cloud analysis"),
+        (
+            {"download": {"cloud_mask": {"analysis_resolution_m": 25}}},
+            "(top level)",
+            "whole multiple of grid.resolution_m",
+        ),
+        ({"download": {"cloud_mask": {"analysis_resolution_m": 60}}}, "(top level)", "divide analysis_resolution_m"),
         ({"store": {"url": "gs://bucket/x"}}, "store.url", "s3://"),
         ({"store": {"url": "s3://b/x", "storage_options": {"secret": "abc"}}}, "store.storage_options", "environment"),
         ({"download": {"source": {"cloud_cover": 1.5}}}, "download.source.cloud_cover", "less than or equal"),

@@ -159,14 +159,13 @@ class Stack:
         return f"flow run {flow_run.name}: {flow_run.state!r}\nworker log:\n{tail(self.worker_log)}"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    tmp = tmp_path_factory.mktemp("prefect-server")
+def start_server(tmp: Path, settings: dict[str, str]) -> tuple[str, dict[str, str], subprocess.Popen]:
+    """`prefect server start` on a free port of 127.0.0.1, with its own home and SQLite database under
+    `tmp` and nothing of this machine's Prefect profile; returns the API URL, the environment for
+    commands against it (`settings` on top of lcms's defaults; "{api_url}" in a value is the API URL),
+    and the server process."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    # Nothing of this machine's Prefect profile; the defaults every lcms command applies.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         {
@@ -176,10 +175,8 @@ def stack(tmp_path_factory):
             "PREFECT_API_URL": api_url,
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # default 60: scheduled runs appear sooner
             "PREFECT_WORKER_QUERY_SECONDS": "1",  # default 10: runs start sooner
-            "LCMS_IMAGE": ECS_IMAGE,
+            **{name: value.format(api_url=api_url) for name, value in settings.items()},
         }
     )
     with (tmp / "server.log").open("w") as log:
@@ -191,6 +188,23 @@ def stack(tmp_path_factory):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return api_url, env, server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("prefect-server")
+    # Nothing of this machine's Prefect profile; the defaults every lcms command applies.
+    api_url, env, server = start_server(
+        tmp,
+        {
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # default 60: scheduled runs appear sooner
+            "LCMS_IMAGE": ECS_IMAGE,
+        },
+    )
     stack = Stack(api_url, env, tmp, server)
     try:
         wait_healthy(stack)
@@ -312,8 +326,7 @@ def test_every_deployment_is_on_the_server_with_its_typed_form_pool_and_pull_ste
             assert directory == "/opt/lcms"
         else:
             assert directory == "{{ $LCMS_REPO_DIR }}"  # resolved by the worker when a run starts
-    demo = by_name["demo"].parameters["config"]
-    assert demo["store"]["url"] == "lcms-runs/demo/store" and demo["years"] == [2023, 2024]
+    assert by_name["demo"].parameters["config"] == "examples/demo.yaml"  # relative to the worker's checkout
     assert {d.flow_id for d in deployments if d.name.startswith("country-run")} == {
         next(d.flow_id for d in deployments if d.name == "demo")
     }, "country-run, country-run-ecs and demo all run the lcms-run flow"
@@ -369,18 +382,15 @@ def test_the_yearly_schedule_creates_the_next_run_on_1_january_at_03_utc(stack):
         of_it = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         return deployment, await client.read_flow_runs(deployment_filter=of_it)
 
+    # Active as deployed: the country's named config and the last full year need no pasted config.
     deployment, runs = api(country_run)
     (schedule,) = deployment.schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 1 1 *", "UTC")
-    assert not schedule.active and runs == []  # inactive as deployed: no config to run with yet
-
-    api(lambda client: client.update_deployment_schedule(deployment.id, schedule.id, active=True))
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 3 1 1 *", "UTC", True)
     deadline = time.monotonic() + 60
     while not runs and time.monotonic() < deadline:
         time.sleep(1)
         _, runs = api(country_run)
-    api(lambda client: client.update_deployment_schedule(deployment.id, schedule.id, active=False))
-    assert runs, "the scheduler created no run within 60 s of activating the schedule"
+    assert runs, "the scheduler created no run within 60 s of the deployment"
     assert len(runs) == 1  # one a year: the scheduler looks 100 days ahead, and always makes the next run
 
     now = dt.datetime.now(dt.UTC)
@@ -390,9 +400,10 @@ def test_the_yearly_schedule_creates_the_next_run_on_1_january_at_03_utc(stack):
     first = min(runs, key=lambda r: r.expected_start_time)
     assert first.state.is_scheduled()
     assert first.expected_start_time == expected
-    assert first.parameters == {"overwrite": False, "show_progress": False}
+    assert first.parameters == {"overwrite": False, "show_progress": False, "config": "slovenia", "years": ["previous"]}
 
     # Pausing the schedule takes its scheduled runs away: nothing is left for a worker next January.
+    api(lambda client: client.update_deployment_schedule(deployment.id, schedule.id, active=False))
     assert api(country_run)[1] == []
 
 

@@ -1,6 +1,6 @@
-"""prefect.yaml: every deployment points at a flow whose parameter form carries the typed config.
+"""prefect.yaml: every deployment points at a flow whose form takes a config by name (or typed in full).
 
-Without a server: the file itself, its flows, the demo's embedded config and the ECS image step.
+Without a server: the file itself, its flows, the demo's config path and the ECS image step.
 tests/test_deployment_server.py deploys it on a real server and runs it.
 """
 
@@ -17,7 +17,7 @@ from prefect.deployments.steps import run_shell_script
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
-from lcms.config import EC2ClusterConfig, load_config, parse_config
+from lcms.config import EC2ClusterConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -55,6 +55,8 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_typed_config_form(monkeypa
         assert isinstance(flow, Flow)
         schema = parameter_schema(flow.fn).model_dump_for_openapi()
         assert schema["required"] == ["config"]
+        # A config's name, path or URL, or the whole typed config (the form's two tabs).
+        assert schema["properties"]["config"]["anyOf"] == [{"type": "string"}, {"$ref": "#/definitions/RunConfig"}]
         run_config = schema["definitions"]["RunConfig"]
         assert {"aoi", "years", "grid", "store", "cluster", "download"} <= set(run_config["properties"])
         assert run_config.get("additionalProperties") is False
@@ -64,26 +66,28 @@ def test_every_deployment_entrypoint_is_a_flow_with_a_typed_config_form(monkeypa
         assert deployment["parameters"]["overwrite"] is False
 
 
-def test_the_country_runs_are_yearly_on_1_january_at_03_utc():
-    for name in ("country-run", "country-run-ecs"):
+def test_the_country_runs_are_yearly_on_1_january_at_03_utc_for_the_last_full_year():
+    for name, active in (("country-run", True), ("country-run-ecs", False)):
         deployment = DEPLOYMENTS[name]
         assert deployment["entrypoint"] == "flows/run.py:run_flow"
-        assert deployment["schedules"] == [{"cron": "0 3 1 1 *", "timezone": "UTC", "active": False}]
+        assert deployment["schedules"] == [{"cron": "0 3 1 1 *", "timezone": "UTC", "active": active}]
+        # A named config (`lcms deploy` stores examples/slovenia.yaml as slovenia), the last full year.
+        assert deployment["parameters"]["config"] == "slovenia" and deployment["parameters"]["years"] == ["previous"]
 
 
 def test_the_local_pull_step_goes_to_the_checkout_named_by_the_worker():
     assert SPEC["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LCMS_REPO_DIR }}"}}]
 
 
-def test_the_demo_deployment_runs_examples_demo_yaml():
+def test_the_demo_deployment_runs_examples_demo_yaml(monkeypatch):
     demo = DEPLOYMENTS["demo"]
     assert demo["entrypoint"] == "flows/run.py:run_flow" and demo["work_pool"]["name"] == "lcms-local"
-    embedded = demo["parameters"]["config"]
-    # Its relative paths are relative to the run's working directory, the repository.
-    assert parse_config(embedded, base_dir=REPO) == load_config(REPO / "examples" / "demo.yaml")
-    as_deployed = parse_config(embedded)  # the worker validates it with no base folder
-    assert as_deployed.store.url == "lcms-runs/demo/store"
-    assert as_deployed.reference.path == "lcms-runs/demo/reference.gpkg"
+    # A path relative to the run's working directory, the repository; its paths relative to its folder.
+    assert demo["parameters"]["config"] == "examples/demo.yaml"
+    monkeypatch.chdir(REPO)
+    from lcms.named_configs import resolve_config
+
+    assert resolve_config(demo["parameters"]["config"]).config == load_config(REPO / "examples" / "demo.yaml")
 
 
 @pytest.mark.parametrize("lcms_image", [None, "123456789012.dkr.ecr.eu-central-1.amazonaws.com/lcms:0.1.0"])

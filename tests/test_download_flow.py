@@ -12,12 +12,12 @@ import yaml
 
 import tasks.download.tile
 from lcms.config import TileSubset, parse_config
+from lcms.geometry import PixelGrid
 from lcms.grid import TileSelectionError
 from lcms.sentinel2 import L1C_BANDS
 from lcms.store import TileStore
-from tasks.download.cloud_mask import cloud_masks
-from tasks.download.sources import make_source
-from tasks.download.tile import download_params_hash, download_tile
+from tasks.download.cloud_mask import cloud_masks, halo_px, lattice_origin
+from tasks.download.tile import download_params_hash, download_tile, make_source
 
 
 def synthetic_scene(source_cfg):
@@ -49,11 +49,22 @@ def test_download_tile_blocks_match_whole_tile_processing(tmp_path):
     tile = load_grid(cfg, store).tiles[0]
     record = download_tile(store, tile, 2023, cfg.download)
 
-    # Independent path: render and cloud-mask the whole tile at once instead of block by block.
-    expected = synthetic_scene(cfg.download.source).render(tile.grid, 2023)
-    prob, cloudy = cloud_masks(expected.bands, L1C_BANDS, expected.data_mask, 10.0, cfg.download.cloud_mask)
-    valid = expected.data_mask & ~cloudy
+    # Independent path: render the tile with the context the stage reads beyond its edges, and
+    # cloud-mask it whole (cells on the zone's lattice) instead of block by block.
+    scene = synthetic_scene(cfg.download.source)
+    expected = scene.render(tile.grid, 2023)
+    halo = halo_px(cfg.download.cloud_mask, 10.0)
+    minx, miny, maxx, maxy = tile.grid.bounds
+    grown = PixelGrid.from_bounds(
+        tile.grid.crs, (minx - 10 * halo, miny - 10 * halo, maxx + 10 * halo, maxy + 10 * halo), 10.0
+    )
+    wide = scene.render(grown, 2023)
+    inner = (slice(halo, halo + tile.grid.height), slice(halo, halo + tile.grid.width))
+    prob, cloudy = cloud_masks(
+        wide.bands, L1C_BANDS, wide.data_mask, 10.0, cfg.download.cloud_mask, origin=lattice_origin(grown), region=inner
+    )
     reader = store.open_tile("download", 2023, tile.tile_id)
+    valid = expected.data_mask & ~cloudy & ~reader.read("shadow_mask")
     np.testing.assert_array_equal(reader.read("bands"), expected.bands)
     np.testing.assert_array_equal(reader.read("data_mask"), expected.data_mask)
     np.testing.assert_array_equal(reader.read("cloud_prob"), prob)
@@ -165,13 +176,13 @@ class TestFlows:
             return real(store, tile, year, download_cfg)
 
         # Threads of the LocalCluster share this process, so the patch reaches the tile tasks.
-        monkeypatch.setattr("flows.download.download_tile", flaky)
+        monkeypatch.setattr("tasks.download.tile.download_tile", flaky)
         with pytest.raises(TileFailures, match=r"1 of 2 tile-years failed \(33N_0185_2036/2023: OSError"):
             download_flow(cfg)
         store = TileStore.from_config(cfg.store)
         assert sorted(store.done_tiles("download", 2023)) == ["33N_0184_2036"]
 
-        monkeypatch.setattr("flows.download.download_tile", real)
+        monkeypatch.setattr("tasks.download.tile.download_tile", real)
         rerun = download_flow(cfg)
         assert (rerun["done"], rerun["skipped"]) == (1, 1)
 

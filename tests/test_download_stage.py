@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from sentinelhub_service import FakeSentinelHub  # tests/ is on sys.path (rootdir-relative imports)
 from test_file_source import GRID as PATCH_GRID
 from test_file_source import SIZE, write_safe
 
@@ -18,9 +17,8 @@ from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.sentinel2 import L2A_BANDS
 from lcms.store import TileStore
-from tasks.download.sentinelhub_source import SentinelHubSource
-from tasks.download.sources import SourceError, make_source
-from tasks.download.tile import download_tile
+from tasks.download.sources import SourceError
+from tasks.download.tile import download_tile, make_source
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +76,6 @@ def test_no_scene_in_the_year_gives_an_empty_done_tile(real_scenes, tmp_path):
     record = download_tile(store, patch_tile(), 2016, cfg)
     assert record.extra["n_dates"] == 0
     assert store.open_dataset("download", 2016, "33N_patch").sizes["time"] == 0
-
-
-@pytest.fixture
-def sentinel_hub(monkeypatch):
-    monkeypatch.setattr(SentinelHubSource, "RETRY_BACKOFF_S", 0.01)
-    monkeypatch.setattr(SentinelHubSource, "MIN_REQUEST_INTERVAL_S", 0.0)
-    with FakeSentinelHub() as service:
-        monkeypatch.setenv("SH_CLIENT_ID", service.client_id)
-        monkeypatch.setenv("SH_CLIENT_SECRET", service.client_secret)
-        yield service
 
 
 def sh_config(service, **overrides) -> DownloadConfig:

@@ -22,16 +22,9 @@ from shapely.geometry import box, mapping
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_LEGEND
-from tasks.export.cog import (
-    ExportResult,
-    TilePiece,
-    export_cog,
-    gdal_config,
-    read_legend_tags,
-    stac_item,
-    validate_cog,
-    write_stac_item,
-)
+from tasks.export.cog import ExportResult, TilePiece, export_cog, read_legend_tags, validate_cog
+from tasks.export.publish import gdal_config
+from tasks.export.stac import stac_item, write_stac_item
 
 RES = 10.0
 CORE = 250

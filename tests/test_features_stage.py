@@ -119,6 +119,7 @@ def write_download(store, valid_mask, ndvi_per_frame):
         w.write("data_mask", data)
         w.write("cloud_prob", np.zeros((t, 30, 30), np.uint8))
         w.write("cloud_mask", ~valid_mask)
+        w.write("shadow_mask", np.zeros_like(valid_mask))
         w.write("valid_mask", valid_mask)
         w.write("valid_coverage", coverage)
 

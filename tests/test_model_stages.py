@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import rasterio
 import yaml
 from PIL import Image
 from rasterio.features import shapes
@@ -22,14 +23,16 @@ from sklearn import metrics as skm
 
 from flows.common import load_grid
 from lcms.config import MergeConfig, SamplingConfig, TrainingConfig, parse_config
+from lcms.layout import SPLIT_CODES
 from lcms.legend import LULC_LEGEND
-from lcms.store import SPLIT_CODES, TileStore
+from lcms.store import TileStore
 from tasks.change.polygons import read_change_layer
 from tasks.download.synthetic import SyntheticScene
 from tasks.features.tile import pack
 from tasks.merge.dataset import MergeError, merge_samples
 from tasks.sampling.tile import sampling_tile
-from tasks.training.model import PLOT_FILES, predict_labels
+from tasks.training.metrics import PLOT_FILES
+from tasks.training.model import predict_labels
 from tasks.training.stage import TrainingError, fetch_model, training_stage
 
 LEGEND_ATTR = [c.__dict__ for c in LULC_LEGEND]
@@ -226,18 +229,17 @@ def test_merge_by_tile_keeps_tiles_whole_across_years_and_copies_every_row(aoi):
 def test_merge_by_blocks_and_by_halves(aoi):
     _, store, grid = aoi
     sample_all(store, grid, [2023])
-    record = merge_samples(
-        store, grid.tile_ids[:2], [2023], widths(grid), MergeConfig(split="auto", name="blocks"), 100
-    )
+    # One dataset per product: the two splits are made one after the other into the store's product.
+    record = merge_samples(store, grid.tile_ids[:2], [2023], widths(grid), MergeConfig(split="auto"), 100)
     assert record.extra["split_method"] == "blocks"  # 2 tiles < min_tiles_for_tile_split
-    merged = store.open_product("merge", "blocks")
+    merged = store.open_product("merge", store.product)
     key = merged.read("tile").astype(np.int64) * 100 + (merged.read("row") // 100) * 10 + merged.read("col") // 100
     split = merged.read("split")
     assert all(len(set(split[key == k].tolist())) == 1 for k in np.unique(key))
     assert len(set(split.tolist())) == 3
 
-    merge_samples(store, grid.tile_ids, [2023], widths(grid), MergeConfig(split="halves", name="halves"), 100)
-    merged = store.open_product("merge", "halves")
+    merge_samples(store, grid.tile_ids, [2023], widths(grid), MergeConfig(split="halves"), 100)
+    merged = store.open_product("merge", store.product)
     split, col = merged.read("split"), merged.read("col")
     width = grid.tiles[0].grid.width
     np.testing.assert_array_equal(split == SPLIT_CODES["test"], col >= width // 2)
@@ -448,7 +450,7 @@ def test_cli_runs_every_stage_on_synthetic_reference(tmp_path):
         width_m=5_000,
         years=[2023, 2024],
         merge={"years": [2023]},
-        download={"source": {"seed": 5, "dates_per_year": 10, "cloud_cover": 0.2}},
+        download={"source": {"seed": 5, "dates_per_year": 16, "cloud_cover": 0.2}},
         reference={"path": str(tmp_path / "reference.gpkg")},
         sampling={"count": 1500},
         training={"num_boost_round": 40},
@@ -502,8 +504,21 @@ def test_cli_runs_every_stage_on_synthetic_reference(tmp_path):
     status = subprocess.run([*lcms, "status", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert "training 'land-cover': done" in status.stdout
 
-    # A stage rerun alone, over a subset of tiles: the merge then holds that subset only.
-    tile_id = TileStore.from_config(cfg.store).read_grid().tile_ids[0]
+    # A subset rerun keeps the AOI-wide products whole: the merge still holds every tile's samples, the model
+    # is still the one trained on all of them, and the maps and the report cover the whole AOI.
+    tile_id = grid.tile_ids[0]
+    model_before = store.product_record("training", "land-cover").attempt
+    with rasterio.open(tmp_path / "store" / "maps" / "land-cover_2024_33N_labels.tif") as src:
+        map_shape = src.shape
     merge = subprocess.run([*lcms, "merge", str(path), "--tiles", tile_id], capture_output=True, text=True, env=env)
     assert merge.returncode == 0, merge.stderr[-2000:]
-    assert "1500 samples" in merge.stdout
+    assert "merge: dataset 'land-cover' skipped, 6000 samples" in merge.stdout
+    rerun = subprocess.run(
+        [*lcms, "run", str(path), "--tiles", tile_id], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "sampling: 0 done, 2 skipped" in rerun.stdout and "6000 samples" in rerun.stdout
+    assert store.product_record("training", "land-cover").attempt == model_before
+    with rasterio.open(tmp_path / "store" / "maps" / "land-cover_2024_33N_labels.tif") as src:
+        assert src.shape == map_shape and src.tags()["lcms_model_version"] == model_before
+    assert store.product_record("report", "land-cover").extra["tiles"] == len(grid)

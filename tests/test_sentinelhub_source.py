@@ -18,10 +18,11 @@ import requests
 from sentinelhub import DataCollection, SentinelHubCatalog
 from sentinelhub_service import FakeSentinelHub  # tests/ is on sys.path (rootdir-relative imports)
 
+from flows.download import resolve_credentials
 from lcms.config import SentinelHubSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.download.sentinelhub_source import SentinelHubSource, resolve_credentials
+from tasks.download.sentinelhub_source import SentinelHubSource
 from tasks.download.sources import SourceError
 
 YEAR = 2024
@@ -338,7 +339,7 @@ def test_credentials_from_prefect_secret_blocks(service, prefect_server, caplog)
     )
     caplog.set_level(logging.DEBUG)
     assert resolve_credentials(cfg) == (service.client_id, service.client_secret)
-    assert len(SentinelHubSource(cfg).acquisition_dates(GRID, YEAR)) > 0
+    assert len(SentinelHubSource(cfg, resolve_credentials(cfg)).acquisition_dates(GRID, YEAR)) > 0
     assert service.client_secret not in caplog.text
 
     missing = cfg.model_copy(update={"client_secret_block": f"no-such-block-{suffix}"})

@@ -31,12 +31,14 @@ def sample_arrays(seed=0):
     bands[~data_mask] = 0
     cloud_prob = np.where(data_mask, rng.integers(0, 101, data_mask.shape), 255).astype(np.uint8)
     cloud_mask = data_mask & (cloud_prob >= 40)
-    valid_mask = data_mask & ~cloud_mask
+    shadow_mask = data_mask & ~cloud_mask & (rng.random(data_mask.shape) > 0.9)
+    valid_mask = data_mask & ~cloud_mask & ~shadow_mask
     return {
         "bands": bands,
         "data_mask": data_mask,
         "cloud_prob": cloud_prob,
         "cloud_mask": cloud_mask,
+        "shadow_mask": shadow_mask,
         "valid_mask": valid_mask,
         "valid_coverage": valid_mask.mean(axis=(1, 2)).astype(np.float32),
     }
@@ -197,7 +199,7 @@ def test_a_year_without_acquisitions_is_a_valid_empty_tile(tmp_path):
     with store.writer("download", 2023, "T1", GRID, "p1", no_dates) as writer:
         writer.write("bands", np.zeros((0, 300, 300, 13), np.uint16))
         writer.write("cloud_prob", np.zeros((0, 300, 300), np.uint8))
-        for name in ("data_mask", "cloud_mask", "valid_mask"):
+        for name in ("data_mask", "cloud_mask", "shadow_mask", "valid_mask"):
             writer.write(name, np.zeros((0, 300, 300), bool))
         writer.write("valid_coverage", np.zeros(0, np.float32))
     ds = store.open_dataset("download", 2023, "T1")
@@ -340,7 +342,13 @@ def test_aoi_products_rows_and_files_round_trip(tmp_path, where, request):
     fetched = store.get_files("training", "lc", tmp_path / "fetched")
     assert (tmp_path / "fetched" / "plot.png").read_bytes() == b"\x89PNG"
     assert fetched.extra == {"oa": 0.9} and first.attempt != second.attempt
-    # The older attempt is gone once the new one is current.
-    assert not store.fs.exists(f"{store.product_dir('training', 'lc')}/{first.attempt}")
+    # Models are versioned: the older one is kept, with its own record, and can still be fetched.
+    assert [v.attempt for v in store.versions("training", "lc")] == [first.attempt, second.attempt]
+    store.get_files("training", "lc", tmp_path / "old", version=first.attempt)
+    assert (tmp_path / "old" / "model.txt").read_text() == "trees"
+    # Other file products keep only the current attempt.
+    report = store.put_files("report", "lc", model, "r1")
+    store.put_files("report", "lc", model, "r2")
+    assert not store.fs.exists(f"{store.product_dir('report', 'lc')}/{report.attempt}")
     with pytest.raises(StoreError, match="not a year"):
         store.product_dir("merge", "2023")

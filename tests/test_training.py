@@ -10,14 +10,11 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from lcms.legend import LULC_LEGEND
+from tasks.training.metrics import METRICS_FILE, PLOT_FILES, evaluate, metrics_markdown
 from tasks.training.model import (
     METADATA_FILE,
-    METRICS_FILE,
     MODEL_FILE,
-    PLOT_FILES,
-    evaluate,
     load_model,
-    metrics_markdown,
     predict_labels,
     predict_proba_percent,
     save_model,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,31 +23,16 @@ from shapely.geometry import MultiPolygon, shape
 
 from lcms.config import ChangeConfig, params_hash
 from lcms.grid import Tile
-from lcms.store import DoneRecord, TileStore, change_key
+from lcms.stages import change_key
+from lcms.store import DoneRecord, TileStore
+from tasks.change.columns import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
+from tasks.change.postgis import write_changes_postgis
 from tasks.change.tile import ChangeError
 
 log = logging.getLogger(__name__)
 
 PRODUCT = "change-polygons"
 LAYER = "changes"
-COLUMNS = (
-    "change_id",
-    "tile_id",
-    "year_from",
-    "year_to",
-    "class_from",
-    "class_to",
-    "class_from_name",
-    "class_to_name",
-    "area_m2",
-    "confidence_from",
-    "confidence_to",
-    "score",
-    "status",
-)
-TEXT_COLUMNS = ("change_id", "tile_id", "class_from_name", "class_to_name", "status")
-INT_COLUMNS = ("year_from", "year_to", "class_from", "class_to")
-FLOAT_COLUMNS = ("area_m2", "confidence_from", "confidence_to", "score")
 
 
 def tile_polygons(store: TileStore, tile: Tile, years: tuple[int, int], connectivity: int = 8) -> gpd.GeoDataFrame:
@@ -128,9 +112,18 @@ def summarise(changes: gpd.GeoDataFrame, years: tuple[int, int], tiles: list[str
 
 
 def write_change_layer(
-    store: TileStore, tiles: list[Tile], years: tuple[int, int], cfg: ChangeConfig, tile_records: list[DoneRecord]
+    store: TileStore,
+    tiles: list[Tile],
+    years: tuple[int, int],
+    cfg: ChangeConfig,
+    tile_records: list[DoneRecord],
+    postgis_dsn: str | None = None,
 ) -> dict:
-    """Build the AOI's GeoPackage from every finished tile of the pair and store it; PostGIS too if configured."""
+    """Build the AOI's GeoPackage from every finished tile of the pair and store it.
+
+    With `change.postgis` set, the rows also go to PostGIS at `postgis_dsn`, which the caller
+    resolves (the flow reads it from the environment or a Prefect Secret block).
+    """
     changes = collect_polygons(store, tiles, years, cfg.crs, cfg.connectivity)
     summary = summarise(changes, years, [t.tile_id for t in tiles])
     name = change_key(*years)
@@ -143,12 +136,12 @@ def write_change_layer(
     summary["url"] = store.file_url(PRODUCT, name, "changes.gpkg")
     summary["attempt"] = record.attempt
     if cfg.postgis is not None:
-        from tasks.change.postgis import write_changes_postgis
-
+        if not postgis_dsn:
+            raise ChangeError("change.postgis is set, but no PostGIS DSN was given to write the layer to")
         keys = [(t.tile_id, years[0], years[1]) for t in tiles]
         summary["postgis_rows"] = write_changes_postgis(
             changes,
-            postgis_dsn(cfg),
+            postgis_dsn,
             table=cfg.postgis.table,
             schema=cfg.postgis.schema_name,
             srid=cfg.postgis.srid,
@@ -169,19 +162,3 @@ def read_change_layer(store: TileStore, years: tuple[int, int]) -> gpd.GeoDataFr
         path = Path(tmp) / "changes.gpkg"
         path.write_bytes(data)
         return gpd.read_file(path, layer=LAYER, engine="pyogrio")
-
-
-def postgis_dsn(cfg: ChangeConfig) -> str:
-    """The PostGIS DSN from a Prefect Secret block or the environment; never from the config itself."""
-    postgis = cfg.postgis
-    if postgis.secret_block:
-        from prefect.blocks.system import Secret
-
-        return Secret.load(postgis.secret_block).get()
-    dsn = os.environ.get(postgis.dsn_env)
-    if not dsn:
-        raise ChangeError(
-            f"change.postgis is set, but the environment variable {postgis.dsn_env} holds no DSN; "
-            "export it (postgresql://user:password@host:5432/db) or set change.postgis.secret_block"
-        )
-    return dsn

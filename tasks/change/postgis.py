@@ -61,8 +61,8 @@ import pandas as pd
 import shapely
 from pyproj import CRS
 
-# The layer's columns are owned by the GeoPackage writer; the table has the same ones.
-from tasks.change.polygons import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TEXT_COLUMNS
+# The table has the same columns as the GeoPackage layer.
+from tasks.change.columns import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TEXT_COLUMNS
 
 log = logging.getLogger(__name__)
 

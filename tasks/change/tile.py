@@ -15,7 +15,8 @@ import numpy as np
 
 from lcms.config import ChangeConfig, params_hash
 from lcms.grid import Tile
-from lcms.store import DoneRecord, TileReader, TileStore, change_key
+from lcms.stages import change_key
+from lcms.store import DoneRecord, StoreError, TileReader, TileStore
 from tasks.change.detect import ChangeParameters, change_scores, detect_changes, polygon_ids, series_difference
 from tasks.features.tile import unpack
 
@@ -47,6 +48,14 @@ def input_hashes(store: TileStore, cfg: ChangeConfig, tile_id: str, years: tuple
                 return None
             hashes.append(record.params_hash)
     return hashes
+
+
+def change_tile_hash(store: TileStore, tile: Tile, years: tuple[int, int], cfg: ChangeConfig) -> str:
+    """Includes both years' maps: a redone map of either year makes the tile's changes stale."""
+    hashes = input_hashes(store, cfg, tile.tile_id, years)
+    if hashes is None:
+        raise StoreError(f"tile {tile.tile_id} lacks a finished {input_stages(cfg)} output for {list(years)}")
+    return change_params_hash(cfg, tile, *years, hashes)
 
 
 def min_pixels(cfg: ChangeConfig, tile: Tile) -> int:
@@ -91,8 +100,11 @@ def feature_difference(store: TileStore, tile: Tile, years: tuple[int, int], fea
     return difference
 
 
-def change_tile(store: TileStore, tile: Tile, years: tuple[int, int], cfg: ChangeConfig, tile_hash: str) -> DoneRecord:
+def change_tile(
+    store: TileStore, tile: Tile, years: tuple[int, int], cfg: ChangeConfig, tile_hash: str | None = None
+) -> DoneRecord:
     """Compare one tile's maps of two years and store the result under the key '<from>-<to>'."""
+    tile_hash = tile_hash or change_tile_hash(store, tile, years, cfg)
     year_from, year_to = years
     labels = {y: store.open_tile(cfg.source, y, tile.tile_id) for y in years}
     legend = check_comparable(tile, years, labels)

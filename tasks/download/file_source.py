@@ -35,6 +35,16 @@ such as ``TIFFTAG_DATETIME``, ``*DATE*``). Scenes of the same UTC day (neighbour
 one datatake) are one date, whose value is the earliest of their times; they are mosaicked in
 order of time then name, the first valid pixel wins.
 
+Layers for the cloud masks (`read_layers`):
+
+* ``"SCL"`` (L2A): the scene classification file of a SAFE granule
+  (``T33TVM_20230415T100031_SCL_20m.jp2``, the finest of R20m/R60m), or a multi-band GeoTIFF
+  band described ``SCL``; read with nearest resampling, 0 where there is none;
+* ``"sun"``: the mean sun azimuth and zenith of each date, from the granule's ``MTD_TL.xml``
+  (``Mean_Sun_Angle``) or from GeoTIFF tags (``*SUN*AZIMUTH*``, ``*SUN*ZENITH*`` or
+  ``*SUN*ELEVATION*``, e.g. ``MEAN_SUN_AZIMUTH_ANGLE``, ``SUN_ELEVATION``); NaN
+  when the scene does not say (the caller then computes them from the time).
+
 No data: 0 and the file's nodata value. A pixel has data (``data_mask``) only where every band
 has data; bands are 0 elsewhere.
 
@@ -82,6 +92,7 @@ from rasterio.windows import Window, from_bounds
 from lcms.config import FileSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
+from tasks.download.errors import PermanentSourceError, TransientSourceError
 from tasks.download.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -97,6 +108,9 @@ _RESAMPLING = {
 }
 _BAND_TOKEN = re.compile(r"(?:^|[_.-])B(0?[1-9]|1[0-2]|8A)(?:_(\d{2})M)?$")
 _BAND_DESCRIPTION = re.compile(r"B(0?[1-9]|1[0-2]|8A)(?:_\d{2}M)?")
+_SCL_TOKEN = re.compile(r"(?:^|[_.-])SCL(?:_(\d{2})M)?$")
+# GDAL/rasterio messages of network reads that may succeed when tried again.
+_TRANSIENT_WORDS = ("CURL", "HTTP", "TIMED OUT", "TIMEOUT", "CONNECTION", "TEMPORARILY", "RESET BY PEER")
 _DATE_IN_NAME = re.compile(r"(?<![0-9])((?:19|20)\d{2})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2}))?(?![0-9])")
 _DATE_IN_TEXT = re.compile(r"((?:19|20)\d{2})[-:/]?(\d{2})[-:/]?(\d{2})(?:[T ](\d{2}):?(\d{2}):?(\d{2}))?")
 _TILE_ID = re.compile(r"(?:^|_)T(\d{2}[A-Z]{3})(?=_|$)")
@@ -139,6 +153,8 @@ class _Scene:
     offsets: dict[str, float] = field(default_factory=dict)  # band -> DN offset to add
     missing: tuple[str, ...] = ()
     extents: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # CRS -> bounds
+    scl: tuple[_Raster, int] | None = None  # L2A scene classification (file, 1-based index)
+    sun: tuple[float, float] | None = None  # mean sun azimuth and zenith (degrees) from the metadata
 
     def index_extents(self) -> None:
         """Union of the files' bounds per CRS, so that overlap tests need one transform per CRS."""
@@ -205,6 +221,52 @@ def _baseline_at_least_4(text: str | None) -> bool:
         return False
 
 
+def _transient(exc: Exception) -> bool:
+    """Whether a rasterio/GDAL error looks like a network read that may work when tried again."""
+    text = str(exc).upper()
+    return any(word in text for word in _TRANSIENT_WORDS)
+
+
+def _read_error(message: str, exc: Exception) -> SourceError:
+    """PermanentSourceError for a bad file, TransientSourceError for a broken network read."""
+    return (TransientSourceError if _transient(exc) else PermanentSourceError)(message)
+
+
+def _sun_from_tags(tags: dict[str, str]) -> tuple[float, float] | None:
+    """Mean sun azimuth and zenith (degrees) from raster tags, if they name them."""
+    azimuth = zenith = elevation = None
+    for key, text in tags.items():
+        upper = key.upper()
+        if "SUN" not in upper and "SOLAR" not in upper:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        if "AZIMUTH" in upper:
+            azimuth = value
+        elif "ZENITH" in upper:
+            zenith = value
+        elif "ELEVATION" in upper:
+            elevation = value
+    if zenith is None and elevation is not None:
+        zenith = 90.0 - elevation
+    return (azimuth, zenith) if azimuth is not None and zenith is not None else None
+
+
+def _sun_from_mtd_tl(tree: ET.ElementTree) -> tuple[float, float] | None:
+    """Mean sun azimuth and zenith of a granule's MTD_TL.xml (Tile_Angles/Mean_Sun_Angle)."""
+    for elem in tree.iter():
+        if elem.tag.rsplit("}", 1)[-1] != "Mean_Sun_Angle":
+            continue
+        values = {child.tag.rsplit("}", 1)[-1]: child.text for child in elem}
+        try:
+            return float(values["AZIMUTH_ANGLE"]), float(values["ZENITH_ANGLE"])
+        except (KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
 def _is_auxiliary(path: str, stem: str) -> bool:
     upper = stem.upper()
     parts = path.replace("\\", "/").upper().split("/")
@@ -261,6 +323,8 @@ class FileSource:
         self.cfg = cfg
         self.storage_options = dict(storage_options or {})
         self.band_names: tuple[str, ...] = L1C_BANDS if cfg.collection == "L1C" else L2A_BANDS
+        #: What `read_layers` can add to the bands.
+        self.layers: tuple[str, ...] = ("sun", "SCL") if cfg.collection == "L2A" else ("sun",)
         self.is_s3 = cfg.path.startswith("s3://")
         self._resampling = _RESAMPLING[cfg.resampling]
         self._lock = threading.Lock()
@@ -290,9 +354,20 @@ class FileSource:
         return np.array(sorted(first_of_day.values()), dtype="datetime64[s]")
 
     def read(self, grid: PixelGrid, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bands, data_mask, _ = self.read_layers(grid, dates, ())
+        return bands, data_mask
+
+    def read_layers(self, grid: PixelGrid, dates: np.ndarray, layers=()) -> tuple[np.ndarray, np.ndarray, dict]:
+        """`read`, plus the requested `layers` (see the module docstring): "SCL" uint8 (t, y, x),
+        "sun" float64 (t, 2) azimuth and zenith in degrees, NaN where the scenes do not say."""
+        unknown = set(layers) - set(self.layers)
+        if unknown:
+            raise PermanentSourceError(f"{self.cfg.collection} scene files have no layers {sorted(unknown)}")
         dates = np.asarray(dates, dtype="datetime64[s]").reshape(-1)
         bands = np.zeros((len(dates), *grid.shape, len(self.band_names)), dtype=np.uint16)
         data_mask = np.zeros((len(dates), *grid.shape), dtype=bool)
+        scl = np.zeros((len(dates), *grid.shape), np.uint8) if "SCL" in layers else None
+        sun = np.full((len(dates), 2), np.nan)
         by_day: dict[np.datetime64, list[_Scene]] = defaultdict(list)
         for scene in self._index():
             by_day[scene.time.astype("datetime64[D]")].append(scene)
@@ -300,15 +375,28 @@ class FileSource:
         with self._env():
             for t, date in enumerate(dates):
                 scenes = [s for s in by_day.get(date.astype("datetime64[D]"), []) if in_grid(s)]
-                self._check_complete(scenes)
+                self._check_complete(scenes, scl=scl is not None)
+                angles, weights = [], []
                 for scene in sorted(scenes, key=lambda s: (s.time, s.name)):
                     values, valid = self._read_scene(scene, grid)
                     take = valid & ~data_mask[t]  # first valid pixel wins
                     bands[t][take] = values[take]
                     data_mask[t] |= take
+                    if scl is not None and take.any():
+                        scl[t][take] = self._read_scl(scene, grid)[take]
+                    if scene.sun is not None and take.any():
+                        angles.append(scene.sun)
+                        weights.append(np.count_nonzero(take))
                     if data_mask[t].all():
                         break
-        return bands, data_mask
+                if angles:
+                    sun[t] = _mean_angles(np.array(angles), np.array(weights, np.float64))
+        extra: dict[str, np.ndarray] = {}
+        if scl is not None:
+            extra["SCL"] = scl
+        if "sun" in layers:
+            extra["sun"] = sun
+        return bands, data_mask, extra
 
     # ----------------------------------------------------------------- GDAL environment
 
@@ -326,8 +414,8 @@ class FileSource:
         try:
             return rasterio.open(path)
         except RasterioError as exc:
-            raise SourceError(
-                f"{path} is not a readable raster ({exc}); re-download or remove it from {self.cfg.path}"
+            raise _read_error(
+                f"{path} is not a readable raster ({exc}); re-download or remove it from {self.cfg.path}", exc
             ) from exc
 
     # ----------------------------------------------------------------- index
@@ -343,7 +431,9 @@ class FileSource:
             fs, root = fsspec.core.url_to_fs(self.cfg.path, **self.storage_options)
             found = fs.find(root) if fs.isdir(root) else []
         except (OSError, ValueError) as exc:
-            raise SourceError(
+            # A wrong path or bad options stay wrong; other I/O errors (network) may pass.
+            permanent = isinstance(exc, FileNotFoundError | PermissionError | ValueError)
+            raise (PermanentSourceError if permanent else TransientSourceError)(
                 f"cannot list scene folder {self.cfg.path}: {exc}; check source.path, the storage options "
                 "and the credentials in the environment"
             ) from exc
@@ -357,9 +447,12 @@ class FileSource:
             for p in files
             if p.lower().endswith(RASTER_EXTENSIONS) and not _other_collection(p[len(root) :], self.cfg.collection)
         ]
-        per_band, multi_band = [], []
+        per_band, multi_band, scl_files = [], [], []
         for path in rasters:
             stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            if self.cfg.collection == "L2A" and _SCL_TOKEN.search(stem.upper()) and "QI_DATA" not in path.upper():
+                scl_files.append((path, stem))
+                continue
             if _is_auxiliary(path, stem):
                 continue
             match = _BAND_TOKEN.search(stem.upper())
@@ -368,7 +461,7 @@ class FileSource:
             elif not path.lower().endswith(".jp2"):  # stray .jp2 without a band token: SAFE extras
                 multi_band.append((path, stem))
         if not per_band and not multi_band:
-            raise SourceError(
+            raise PermanentSourceError(
                 f"no Sentinel-2 scenes under {self.cfg.path}: expected per-band files such as "
                 "T33TVM_20230415T100031_B04.jp2 or multi-band GeoTIFFs (.tif); check source.path"
             )
@@ -383,14 +476,16 @@ class FileSource:
                 return raster, src.count, src.descriptions, src.tags(), band_tags
 
         # Headers are latency-bound on S3: read them concurrently.
-        paths = [p for p, *_ in per_band] + [p for p, _ in multi_band]
+        paths = [p for p, *_ in per_band] + [p for p, _ in multi_band] + [p for p, _ in scl_files]
         with ThreadPoolExecutor(max_workers=8 if self.is_s3 else 2) as pool:
             headers = dict(zip(paths, pool.map(header, paths), strict=True))
         for path, (raster, *_) in headers.items():
             if not raster.crs:
-                raise SourceError(f"{path} has no CRS; write the scene with its georeferencing (e.g. EPSG:326xx)")
+                raise PermanentSourceError(
+                    f"{path} has no CRS; write the scene with its georeferencing (e.g. EPSG:326xx)"
+                )
 
-        scenes = self._per_band_scenes(fs, per_band, headers) + [
+        scenes = self._per_band_scenes(fs, per_band, headers, scl_files) + [
             self._multi_band_scene(path, stem, headers[path]) for path, stem in multi_band
         ]
         for scene in scenes:
@@ -404,15 +499,16 @@ class FileSource:
         if date is None:
             date = _date_from_tags(tags)
         if date is None:
-            raise SourceError(
+            raise PermanentSourceError(
                 f"{path} has no acquisition date: put it in the file name (e.g. _20230415T100031_) "
                 "or in a TIFFTAG_DATETIME / ACQUISITION_DATE tag"
             )
         return date
 
-    def _per_band_scenes(self, fs, per_band: list, headers: dict) -> list[_Scene]:
+    def _per_band_scenes(self, fs, per_band: list, headers: dict, scl_files: list = ()) -> list[_Scene]:
         groups: dict[tuple, list] = defaultdict(list)
-        for path, stem, band in per_band:
+
+        def key_of(path, stem):
             raster, _, _, tags, _ = headers[path]
             time = self._scene_date(raster.path, stem, tags)
             tile = _TILE_ID.search(stem.upper())
@@ -421,18 +517,38 @@ class FileSource:
                 folder = folder.rsplit("/", 1)[0]
             # The SAFE product is part of the key: two products of one granule (reprocessed with another
             # baseline) are two scenes, never a mix of their bands and offsets.
-            key = (f"T{tile.group(1)}" if tile else folder, time, _safe_root(path) or "")
+            return (f"T{tile.group(1)}" if tile else folder, time, _safe_root(path) or ""), raster, folder
+
+        for path, stem, band in per_band:
+            key, raster, folder = key_of(path, stem)
             groups[key].append((path, band, raster, folder))
+        scl_of: dict[tuple, list] = defaultdict(list)
+        for path, stem in scl_files:
+            key, raster, _ = key_of(path, stem)
+            scl_of[key].append(raster)
         scenes = []
-        for (tile, time, _), members in groups.items():
+        for key, members in groups.items():
+            tile, time, _ = key
             folder = members[0][3]
             scene = _Scene(f"scene {tile} {time} in {'s3://' if self.is_s3 else ''}{folder}", time)
             # The finest file of each band wins (L2A has B02 at 10, 20 and 60 m).
             for _path, band, raster, _ in sorted(members, key=lambda m: (m[2].pixel_size, m[0])):
                 scene.bands.setdefault(band, (raster, 1))
+            if scl_of.get(key):
+                scene.scl = (min(scl_of[key], key=lambda r: (r.pixel_size, r.path)), 1)
             scene.offsets = self._safe_offsets(fs, members[0][0])
+            scene.sun = self._granule_sun(fs, folder)
             scenes.append(scene)
         return scenes
+
+    def _granule_sun(self, fs, img_folder: str) -> tuple[float, float] | None:
+        """Mean sun angles from MTD_TL.xml beside a granule's IMG_DATA folder (None if absent)."""
+        granule = img_folder.rsplit("/", 1)[0] if img_folder.upper().endswith("IMG_DATA") else img_folder
+        try:
+            with fs.open(f"{granule}/MTD_TL.xml", "rb") as f:
+                return _sun_from_mtd_tl(ET.parse(f))
+        except (FileNotFoundError, OSError, ET.ParseError):
+            return None
 
     def _safe_offsets(self, fs, path: str) -> dict[str, float]:
         """Per-band DN offsets of the SAFE product holding `path` ({} before baseline 04.00)."""
@@ -465,10 +581,13 @@ class FileSource:
         raster, count, descriptions, tags, band_tags = header
         names = self._multi_band_names(raster.path, count, descriptions)
         scene = _Scene(f"scene {raster.path}", self._scene_date(raster.path, stem, tags))
+        scene.sun = _sun_from_tags(tags)
         dataset_offset = _float_tag(tags, _OFFSET_TAGS)
         if dataset_offset is None and _baseline_at_least_4(tags.get("PROCESSING_BASELINE")):
             dataset_offset = BASELINE_OFFSET_DN
         for index, name in enumerate(names, start=1):
+            if name == "SCL" and self.cfg.collection == "L2A":
+                scene.scl = (raster, index)
             if name in self.band_names:
                 scene.bands.setdefault(name, (raster, index))
                 offset = _float_tag(band_tags[index - 1], _OFFSET_TAGS)
@@ -478,19 +597,20 @@ class FileSource:
         return scene
 
     def _multi_band_names(self, path: str, count: int, descriptions) -> list[str]:
-        parsed = [_BAND_DESCRIPTION.fullmatch((d or "").strip().upper()) for d in descriptions]
-        if all(parsed):
-            return [_band_name(m.group(1)) for m in parsed]
+        texts = [(d or "").strip().upper() for d in descriptions]
+        parsed = [_BAND_DESCRIPTION.fullmatch(d) for d in texts]
+        if all(m or d == "SCL" for m, d in zip(parsed, texts, strict=True)) and any(parsed):
+            return [_band_name(m.group(1)) if m else "SCL" for m in parsed]
         if self.cfg.band_order is not None:
             if len(self.cfg.band_order) != count:
-                raise SourceError(
+                raise PermanentSourceError(
                     f"{path} has {count} bands but source.band_order lists {len(self.cfg.band_order)}; "
                     "make band_order match the files"
                 )
             return list(self.cfg.band_order)
         if count == len(self.band_names):
             return list(self.band_names)
-        raise SourceError(
+        raise PermanentSourceError(
             f"{path} has {count} bands without band names (descriptions {list(descriptions)}), and "
             f"{self.cfg.collection} has {len(self.band_names)}: set source.band_order to the file's band order "
             "or write band descriptions such as 'B04'"
@@ -519,12 +639,17 @@ class FileSource:
 
         return overlaps
 
-    def _check_complete(self, scenes: list[_Scene]) -> None:
+    def _check_complete(self, scenes: list[_Scene], scl: bool = False) -> None:
         for scene in scenes:
             if scene.missing:
-                raise SourceError(
+                raise PermanentSourceError(
                     f"{scene.name} lacks bands {', '.join(scene.missing)} of {self.cfg.collection}: "
                     "add the missing band files, or remove the scene's files from the folder"
+                )
+            if scl and scene.scl is None:
+                raise PermanentSourceError(
+                    f"{scene.name} has no scene classification (SCL) file, which download.cloud_mask.method: scl "
+                    "needs: add the granule's *_SCL_20m.jp2, or choose another cloud_mask.method"
                 )
 
     # ----------------------------------------------------------------- pixels
@@ -549,7 +674,13 @@ class FileSource:
         dn = np.where(valid[..., None], np.clip(np.rint(values), 1, 65535), 0).astype(np.uint16)
         return dn, valid
 
-    def _read_file(self, raster: _Raster, indexes: list[int], grid: PixelGrid) -> np.ndarray:
+    def _read_scl(self, scene: _Scene, grid: PixelGrid) -> np.ndarray:
+        """The scene's classification on `grid` (nearest: classes are not averaged), uint8, 0 = none."""
+        raster, index = scene.scl
+        values = self._read_file(raster, [index], grid, Resampling.nearest)[0]
+        return np.where(np.isfinite(values), values, 0).astype(np.uint8)
+
+    def _read_file(self, raster: _Raster, indexes: list[int], grid: PixelGrid, resampling=None) -> np.ndarray:
         """Bands `indexes` of one file on `grid`, float32 (b, y, x), NaN where there is no data."""
         out = np.full((len(indexes), *grid.shape), np.nan, dtype=np.float32)
         try:
@@ -558,10 +689,10 @@ class FileSource:
                 if aligned is not None:
                     self._copy_aligned(src, indexes, aligned, out)
                 else:
-                    self._warp(src, indexes, grid, out)
+                    self._warp(src, indexes, grid, out, self._resampling if resampling is None else resampling)
         except RasterioError as exc:
-            raise SourceError(
-                f"{raster.path} could not be read ({exc}); it may be truncated or corrupt: re-download it"
+            raise _read_error(
+                f"{raster.path} could not be read ({exc}); it may be truncated or corrupt: re-download it", exc
             ) from exc
         return out
 
@@ -595,7 +726,7 @@ class FileSource:
         data = src.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=np.float32)
         out[:, r0 - row : r1 - row, c0 - col : c1 - col] = self._nan_nodata(data, src.nodata)
 
-    def _warp(self, src, indexes: list[int], grid: PixelGrid, out: np.ndarray) -> None:
+    def _warp(self, src, indexes: list[int], grid: PixelGrid, out: np.ndarray, resampling) -> None:
         try:
             bounds = transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21)
         except Exception:
@@ -621,5 +752,12 @@ class FileSource:
             dst_transform=grid.affine,
             dst_crs=grid.crs,
             dst_nodata=np.nan,
-            resampling=self._resampling,
+            resampling=resampling,
         )
+
+
+def _mean_angles(angles: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean (azimuth, zenith) of (n, 2) degrees; the azimuth as a mean direction."""
+    az = np.deg2rad(angles[:, 0])
+    azimuth = np.rad2deg(np.arctan2((weights * np.sin(az)).sum(), (weights * np.cos(az)).sum())) % 360.0
+    return np.array([azimuth, float((weights * angles[:, 1]).sum() / weights.sum())])

@@ -7,10 +7,11 @@ Flow of requests
 ----------------
 1. **Token.** One OAuth2 client-credentials POST to the token URL, the first time the source
    needs the service; the token is reused by every later request and refreshed by
-   sentinelhub-py's `SentinelHubSession` shortly before it expires. Credentials come from
-   `resolve_credentials` (environment, else Prefect Secret blocks). Rejected credentials
-   raise `SourceError` at once and are remembered, so a wrong secret costs one token request,
-   not one per block or per thread.
+   sentinelhub-py's `SentinelHubSession` shortly before it expires. Credentials are passed in
+   by the download flow (which also reads Prefect Secret blocks), or else read from the
+   environment (`credentials_from_environment`). Rejected credentials raise `SourceError` at
+   once and are remembered, so a wrong secret costs one token request, not one per block or
+   per thread.
 2. **Catalog** (`acquisition_dates`): `POST {base}/api/v1/catalog/1.0.0/search` over the
    grid's bbox (sent in WGS 84, as sentinelhub-py does), the year and
    `eo:cloud_cover <= max_cloud_cover`, following `context.next` page by page. Acquisitions
@@ -43,10 +44,17 @@ to 10 m with the service default (nearest), so DNs are the product's own. dataMa
 returned as a 14th (L2A: 13th) band and becomes the bool data mask; bands are 0 where it is
 0.
 
+Layers for the cloud masks (`read_layers`), as extra output bands of the same request (so
+they cost no extra request): "SCL" (L2A scene classification, DN), "CLM" (Sentinel Hub's
+s2cloudless mask at 160 m: 0 clear, 1 cloud, 255 no data), "CLP" (its probability, 0..255 for
+0..1) and "sun" (`sunAzimuthAngles`, `sunZenithAngles` in DEGREES, rounded to whole degrees by
+the UINT16 output; `read_layers` returns each date's mean over the block's pixels with data).
+
 Errors: 429 (waiting at least the Retry-After the service sends, in milliseconds, shared
 with the other threads), 5xx, timeouts and dropped connections are retried with exponential
-backoff up to `max_retries` times; then `SourceError` says what failed. Other 4xx answers
-are not retried.
+backoff up to `max_retries` times; then `TransientSourceError` says what failed (the tile may
+be tried again later). Other 4xx answers and rejected credentials raise `PermanentSourceError`
+at once (tasks/download/errors.py).
 """
 
 from __future__ import annotations
@@ -85,7 +93,8 @@ from sentinelhub.download.rate_limit import SentinelHubRateLimit
 from lcms.config import SentinelHubSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
-from tasks.download.sources import SourceError
+from tasks.download.errors import PermanentSourceError, TransientSourceError
+from tasks.download.sources import SourceCredentials, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -135,37 +144,26 @@ def build_sh_config(cfg: SentinelHubSourceConfig, client_id: str = "", client_se
     )
 
 
-def resolve_credentials(cfg: SentinelHubSourceConfig) -> tuple[str, str]:
-    """OAuth client id and secret: SH_CLIENT_ID / SH_CLIENT_SECRET from the environment, else the
-    Prefect Secret blocks named by `cfg.client_id_block` / `cfg.client_secret_block`."""
+CREDENTIALS_HINT = (
+    f"Set {CLIENT_ID_ENV} and {CLIENT_SECRET_ENV} in the environment, or store them in Prefect Secret "
+    "blocks and name those in the source config (client_id_block, client_secret_block)."
+)
+
+
+def credentials_from_environment() -> SourceCredentials:
+    """OAuth client id and secret from SH_CLIENT_ID / SH_CLIENT_SECRET.
+
+    Prefect Secret blocks are read by the download flow (flows/download.py), which passes the
+    credentials in: tasks/ never talks to Prefect.
+    """
     env_id, env_secret = os.environ.get(CLIENT_ID_ENV, ""), os.environ.get(CLIENT_SECRET_ENV, "")
     if env_id and env_secret:
-        return env_id, env_secret
-    how = (
-        f"Set {CLIENT_ID_ENV} and {CLIENT_SECRET_ENV} in the environment, or store them in Prefect Secret "
-        "blocks and name those in the source config (client_id_block, client_secret_block)."
-    )
-    if cfg.client_id_block and cfg.client_secret_block:
-        return _load_secret(cfg.client_id_block, how), _load_secret(cfg.client_secret_block, how)
+        return SourceCredentials(env_id, env_secret)
     missing = [n for n, v in ((CLIENT_ID_ENV, env_id), (CLIENT_SECRET_ENV, env_secret)) if not v]
     raise SourceError(
-        f"No Sentinel Hub credentials: {' and '.join(missing)} not set and no Prefect Secret blocks named. {how}"
+        f"No Sentinel Hub credentials: {' and '.join(missing)} not set and no Prefect Secret blocks named. "
+        + CREDENTIALS_HINT
     )
-
-
-def _load_secret(block_name: str, how: str) -> str:
-    from prefect.blocks.system import Secret  # imported late: Prefect is heavy and only needed here
-
-    try:
-        value = Secret.load(block_name, _sync=True).get()
-    except Exception as exc:  # missing block, unreachable Prefect API, ...
-        # The exception text is about the block, never its value.
-        raise SourceError(
-            f"Cannot load the Prefect Secret block {block_name!r} ({type(exc).__name__}: {exc}). {how}"
-        ) from exc
-    if not isinstance(value, str) or not value:
-        raise SourceError(f"The Prefect Secret block {block_name!r} does not hold a non-empty string. {how}")
-    return value
 
 
 def data_collection(cfg: SentinelHubSourceConfig) -> DataCollection:
@@ -185,17 +183,34 @@ def data_collection(cfg: SentinelHubSourceConfig) -> DataCollection:
     return base.define_from(f"LCMS_{base.name}_{suffix}", service_url=base_url)
 
 
-def evalscript(band_names: Iterable[str]) -> str:
-    """Evalscript returning the bands as UINT16 DN followed by dataMask (see module docstring)."""
-    bands = list(band_names)
-    inputs = ", ".join(f'"{b}"' for b in [*bands, "dataMask"])
-    outputs = ", ".join(f"s.{b}" for b in [*bands, "dataMask"])
+#: The service's band names of each layer `read_layers` can add, and their units.
+LAYER_BANDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "SCL": (("SCL", "DN"),),
+    "CLM": (("CLM", "DN"),),
+    "CLP": (("CLP", "DN"),),
+    "sun": (("sunAzimuthAngles", "DEGREES"), ("sunZenithAngles", "DEGREES")),
+}
+
+
+def evalscript(band_names: Iterable[str], layers: Iterable[str] = ()) -> str:
+    """Evalscript returning the bands as UINT16 DN, then the layers' bands, then dataMask (see
+    module docstring)."""
+    bands = [(b, "DN") for b in band_names]
+    for layer in layers:
+        bands += LAYER_BANDS[layer]
+    bands.append(("dataMask", "DN"))
+    inputs = ", ".join(f'"{b}"' for b, _ in bands)
+    if all(u == "DN" for _, u in bands):
+        units = '"DN"'
+    else:
+        units = "[" + ", ".join(f'"{u}"' for _, u in bands) + "]"
+    outputs = ", ".join(f"s.{b}" for b, _ in bands)
     return f"""//VERSION=3
 // DN = reflectance x 10000; harmonizeValues (on) removes the offset of baseline 04.00+ products.
 function setup() {{
   return {{
-    input: [{{ bands: [{inputs}], units: "DN" }}],
-    output: {{ id: "default", bands: {len(bands) + 1}, sampleType: "UINT16" }},
+    input: [{{ bands: [{inputs}], units: {units} }}],
+    output: {{ id: "default", bands: {len(bands)}, sampleType: "UINT16" }},
   }};
 }}
 function evaluatePixel(s) {{
@@ -251,7 +266,7 @@ class _Retrier:
             delay = max(delay, retry_after_s)
             log.warning("%s failed (%s); retry %d of %d in %.2f s", what, problem, attempt + 1, self.max_retries, delay)
             time.sleep(delay)
-        raise SourceError(
+        raise TransientSourceError(
             f"{what} failed {attempts} times (max_retries={self.max_retries}); last error: {problem}. "
             "The service may be overloaded or unreachable: try again later, or raise max_retries / request_timeout_s."
         )
@@ -289,13 +304,13 @@ class _Session(SentinelHubSession):
         def send() -> requests.Response:
             return requests.post(url, data=form, headers=headers, timeout=self.config.download_timeout_seconds)
 
-        def rejected(response: requests.Response) -> SourceError:
+        def rejected(response: requests.Response) -> PermanentSourceError:
             try:
                 body = response.json()
                 reason = f"{body.get('error', '')}: {body.get('error_description', '')}".strip(": ")
             except ValueError:
                 reason = response.reason
-            return SourceError(
+            return PermanentSourceError(
                 f"Sentinel Hub rejected the OAuth client credentials at {url} (HTTP {response.status_code}"
                 f"{', ' + reason if reason else ''}). Check the client id and secret given by {CLIENT_ID_ENV} / "
                 f"{CLIENT_SECRET_ENV} or the Prefect Secret blocks, and that they belong to this service "
@@ -304,7 +319,7 @@ class _Session(SentinelHubSession):
 
         token = self._retrier.call(send, f"Sentinel Hub token request to {url}", rejected).json()
         if "access_token" not in token:
-            raise SourceError(f"The token endpoint {url} answered without an access_token")
+            raise PermanentSourceError(f"The token endpoint {url} answered without an access_token")
         token["expires_at"] = time.time() + float(token.get("expires_in", 3600))
         return token
 
@@ -336,8 +351,8 @@ class _Client(SentinelHubDownloadClient):
             log.debug("%s %s", request.request_type.value, request.url)
             return self._do_download(request)
 
-        def permanent(response: requests.Response) -> SourceError:
-            return SourceError(
+        def permanent(response: requests.Response) -> PermanentSourceError:
+            return PermanentSourceError(
                 f"Sentinel Hub refused {request.request_type.value} {request.url} with HTTP {response.status_code}: "
                 f"{decode_sentinelhub_err_msg(response)}"
             )
@@ -396,11 +411,13 @@ class SentinelHubSource:
     #: Minimum spacing of request starts (sentinelhub-py's default).
     MIN_REQUEST_INTERVAL_S = 0.05
 
-    def __init__(self, cfg: SentinelHubSourceConfig):
+    def __init__(self, cfg: SentinelHubSourceConfig, credentials: SourceCredentials | None = None):
         self.cfg = cfg
+        self._credentials = credentials  # None: from the environment, when first needed
         self.band_names: tuple[str, ...] = L1C_BANDS if cfg.collection == "L1C" else L2A_BANDS
+        #: What `read_layers` can add to the bands (L1C has no scene classification).
+        self.layers: tuple[str, ...] = ("sun", "CLM", "CLP") + (("SCL",) if cfg.collection == "L2A" else ())
         self.collection = data_collection(cfg)
-        self._evalscript = evalscript(self.band_names)
         self._sh_config = build_sh_config(cfg)
         self._lock = threading.Lock()
         self._client_obj: _Client | None = None
@@ -409,10 +426,10 @@ class SentinelHubSource:
     # Sent to a worker, the source is rebuilt from its config: the client holds a session and
     # locks, and a collection made by define_from exists only in the process that defined it.
     def __getstate__(self) -> dict:
-        return {"cfg": self.cfg}
+        return {"cfg": self.cfg, "credentials": self._credentials}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["cfg"])
+        self.__init__(state["cfg"], state["credentials"])
 
     @property
     def sh_config(self) -> SHConfig:
@@ -426,7 +443,7 @@ class SentinelHubSource:
                 raise self._auth_error
             if self._client_obj is None:
                 retrier = _Retrier(self.cfg.max_retries, self.RETRY_BACKOFF_S, self.RETRY_BACKOFF_MAX_S)
-                config = build_sh_config(self.cfg, *resolve_credentials(self.cfg))
+                config = build_sh_config(self.cfg, *(self._credentials or credentials_from_environment()))
                 try:
                     session = _Session(config, retrier)
                 except SourceError as exc:
@@ -441,7 +458,7 @@ class SentinelHubSource:
     def _bbox(grid: PixelGrid) -> BBox:
         epsg = grid.epsg
         if epsg is None:
-            raise SourceError(f"Sentinel Hub needs a grid with an EPSG code, got CRS {grid.crs!r}")
+            raise PermanentSourceError(f"Sentinel Hub needs a grid with an EPSG code, got CRS {grid.crs!r}")
         return BBox(grid.bounds, crs=CRS(epsg))
 
     def _max_cloud_percent(self) -> float | None:
@@ -480,7 +497,7 @@ class SentinelHubSource:
 
     # --- Process ---------------------------------------------------------------------------
 
-    def _process_request(self, grid: PixelGrid, date: np.datetime64) -> DownloadRequest:
+    def _process_request(self, grid: PixelGrid, date: np.datetime64, layers: tuple[str, ...] = ()) -> DownloadRequest:
         """The Process API request of one date on exactly `grid` (at most MAX_REQUEST_PX a side)."""
         start = np.datetime64(date, "s").astype(dt.datetime)
         # The whole merged group (see module docstring); +1 s for the sub-second part of the
@@ -495,7 +512,7 @@ class SentinelHubSource:
             other_args={"dataFilter": data_filter, "processing": {"harmonizeValues": True}},
         )
         request = SentinelHubRequest(
-            evalscript=self._evalscript,
+            evalscript=evalscript(self.band_names, layers),
             input_data=[input_data],
             responses=[SentinelHubRequest.output_response("default", MimeType.TIFF)],
             bbox=self._bbox(grid),
@@ -506,30 +523,71 @@ class SentinelHubSource:
 
     def read(self, grid: PixelGrid, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint16 (t, y, x, b) DN and bool (t, y, x) data mask of `grid` at `dates`."""
+        bands, data_mask, _ = self.read_layers(grid, dates, ())
+        return bands, data_mask
+
+    def read_layers(self, grid: PixelGrid, dates: np.ndarray, layers=()) -> tuple[np.ndarray, np.ndarray, dict]:
+        """`read`, plus the requested `layers` (see the module docstring) in the same requests:
+        "SCL", "CLM", "CLP" as uint8 (t, y, x); "sun" as float64 (t, 2) azimuth and zenith."""
+        layers = tuple(dict.fromkeys(layers))
+        unknown = set(layers) - set(self.layers)
+        if unknown:
+            raise PermanentSourceError(f"Sentinel Hub {self.cfg.collection} has no layers {sorted(unknown)}")
         dates = np.asarray(dates, dtype="datetime64[s]")
         n_bands = len(self.band_names)
+        extra_bands = [b for layer in layers for b, _ in LAYER_BANDS[layer]]
+        n_out = n_bands + len(extra_bands) + 1
         bands = np.zeros((len(dates), *grid.shape, n_bands), np.uint16)
         data_mask = np.zeros((len(dates), *grid.shape), bool)
-        if not len(dates):
-            return bands, data_mask
-        client = self._client()
-        parts = list(grid.blocks(self.MAX_REQUEST_PX))  # the service's size limit; usually one part
+        planes = {
+            b: np.full((len(dates), *grid.shape), 255 if b == "CLM" else 0, np.uint8)
+            for b in extra_bands
+            if not b.startswith("sun")
+        }
+        sun_sums = np.zeros((len(dates), 3))  # sin(azimuth), cos(azimuth), zenith, summed over pixels
+        sun_count = np.zeros(len(dates))
+        if len(dates):
+            client = self._client()
+            parts = list(grid.blocks(self.MAX_REQUEST_PX))  # the service's size limit; usually one part
 
-        def jobs() -> Iterator[tuple[Any, DownloadRequest]]:
-            # Generated lazily: only the requests in flight exist at any time.
-            for t, date in enumerate(dates):
-                for region, part in parts:
-                    yield (t, region, part.shape), self._process_request(part, date)
+            def jobs() -> Iterator[tuple[Any, DownloadRequest]]:
+                # Generated lazily: only the requests in flight exist at any time.
+                for t, date in enumerate(dates):
+                    for region, part in parts:
+                        yield (t, region, part.shape), self._process_request(part, date, layers)
 
-        for (t, (rows, cols), shape), image in client.download_each(jobs(), self.cfg.max_concurrent_requests):
-            image = _as_hwb(image, shape, n_bands + 1)
-            valid = image[..., n_bands] > 0
-            block = bands[t, rows, cols]
-            block[...] = image[..., :n_bands]
-            block[~valid] = 0  # no data is 0 in every band, whatever the service put there
-            data_mask[t, rows, cols] = valid
-        log.debug("Sentinel Hub: read %d dates of a %d x %d grid in %d part(s)", len(dates), *grid.shape, len(parts))
-        return bands, data_mask
+            for (t, (rows, cols), shape), image in client.download_each(jobs(), self.cfg.max_concurrent_requests):
+                image = _as_hwb(image, shape, n_out)
+                valid = image[..., -1] > 0
+                block = bands[t, rows, cols]
+                block[...] = image[..., :n_bands]
+                block[~valid] = 0  # no data is 0 in every band, whatever the service put there
+                data_mask[t, rows, cols] = valid
+                for i, name in enumerate(extra_bands, start=n_bands):
+                    if name in planes:
+                        planes[name][t, rows, cols] = np.where(
+                            valid, np.minimum(image[..., i], 255), planes[name][t, rows, cols]
+                        )
+                if "sun" in layers and valid.any():
+                    i = n_bands + extra_bands.index("sunAzimuthAngles")
+                    az = np.deg2rad(image[..., i][valid].astype(np.float64))
+                    sun_sums[t] += (
+                        np.sin(az).sum(),
+                        np.cos(az).sum(),
+                        image[..., i + 1][valid].astype(np.float64).sum(),
+                    )
+                    sun_count[t] += valid.sum()
+            log.debug(
+                "Sentinel Hub: read %d dates of a %d x %d grid in %d part(s)", len(dates), *grid.shape, len(parts)
+            )
+        extra: dict[str, np.ndarray] = {name: planes[name] for name in layers if name in planes}
+        if "sun" in layers:
+            sun = np.full((len(dates), 2), np.nan)
+            seen = sun_count > 0
+            sun[seen, 0] = np.rad2deg(np.arctan2(sun_sums[seen, 0], sun_sums[seen, 1])) % 360.0
+            sun[seen, 1] = sun_sums[seen, 2] / sun_count[seen]
+            extra["sun"] = sun
+        return bands, data_mask, extra
 
 
 def _describe(request: DownloadRequest) -> str:
@@ -551,7 +609,7 @@ def _as_hwb(image: Any, shape: tuple[int, int], n: int) -> np.ndarray:
     if image.ndim == 3 and image.shape == (n, *shape):  # band-interleaved TIFF
         image = np.moveaxis(image, 0, -1)
     if image.shape != (*shape, n) or image.dtype != np.uint16:
-        raise SourceError(
+        raise TransientSourceError(
             f"Sentinel Hub returned an image of shape {image.shape} and type {image.dtype}, "
             f"expected {(*shape, n)} uint16"
         )

@@ -7,7 +7,7 @@ so that memory stays bounded whatever the tile size.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -19,6 +19,16 @@ class SourceError(RuntimeError):
 
     Raised for problems a retry will not fix; the message says what to do.
     """
+
+
+class SourceCredentials(NamedTuple):
+    """A source's OAuth client id and secret; the secret never appears in a repr or a log."""
+
+    client_id: str
+    client_secret: str
+
+    def __repr__(self) -> str:
+        return f"SourceCredentials(client_id={self.client_id!r}, client_secret='***')"
 
 
 class BandSource(Protocol):
@@ -38,20 +48,3 @@ class BandSource(Protocol):
         there is no data; and data_mask as bool (t, y, x), True inside the swath.
         """
         ...
-
-
-def make_source(cfg, storage_options: dict | None = None) -> BandSource:
-    """The source a `lcms.config` source config describes (synthetic, sentinelhub or files)."""
-    if cfg.kind == "synthetic":
-        from tasks.download.synthetic import SyntheticScene, SyntheticSource
-
-        return SyntheticSource(SyntheticScene(**cfg.model_dump(exclude={"kind"})))
-    if cfg.kind == "sentinelhub":
-        from tasks.download.sentinelhub_source import SentinelHubSource
-
-        return SentinelHubSource(cfg)
-    if cfg.kind == "files":
-        from tasks.download.file_source import FileSource
-
-        return FileSource(cfg, storage_options)
-    raise ValueError(f"unknown source kind {cfg.kind!r}")

@@ -1,4 +1,4 @@
-"""Deterministic synthetic Sentinel-2 L1C tiles: land cover, phenology, clouds, swath edges.
+"""Deterministic synthetic Sentinel-2 L1C (or L2A) tiles: land cover, phenology, clouds, shadows, swath edges.
 
 Used for demos, tests and scale runs where real imagery is unavailable or too slow to fetch.
 
@@ -23,6 +23,15 @@ The model, from the ground up:
 * **Clouds** are thresholded multi-octave noise, a new field for every date, with a smooth
   opacity ramp at the edges. The per-date coverage follows a U-shaped Beta distribution with
   mean `cloud_cover`, so that some dates are clear and some overcast.
+* **Cloud shadows**: each date's cloud field seen from a point 0.6-2 km towards the sun,
+  darkening the ground by up to 60 %. The sun's azimuth (150-170°) and zenith (30° at the
+  June solstice to 65° at the December one) are the date's own (`sun_angles`), so the clouds
+  of a date sit at one height, shadow distance / tan(zenith). The true shadow mask
+  (`SyntheticTile.shadow_mask`) is shadow opacity >= 0.5, outside the true cloud mask.
+* **L2A** (`collection="L2A"`): the same rendering without B10 (no atmospheric correction is
+  simulated), with a scene classification layer like Sen2Cor's (`SyntheticTile.scl`): no data
+  0, cloud shadow 3, vegetation 4, not vegetated 5, water 6, cloud medium / high probability
+  8 / 9 from the true masks.
 * **Swath edges.** In about `swath_edge_fraction` of the dates, stripes of no data, bounded by
   straight lines tilted like the Sentinel-2 ground track, cross the world (one stripe per
   20 km); a 10 km tile is cut in nearly all such dates, a smaller tile only sometimes (and
@@ -45,13 +54,18 @@ from shapely.geometry import shape
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LULC_NAMES
-from lcms.sentinel2 import L1C_BANDS, REFLECTANCE_SCALE
+from lcms.sentinel2 import L1C_BANDS, L2A_BANDS, REFLECTANCE_SCALE
 
 CULTIVATED, FOREST, GRASSLAND, SHRUBLAND, WATER, ARTIFICIAL = 1, 2, 3, 4, 5, 8
 CLASSES: tuple[int, ...] = (CULTIVATED, FOREST, GRASSLAND, SHRUBLAND, WATER, ARTIFICIAL)
 
 F32 = np.float32
 B04, B08 = L1C_BANDS.index("B04"), L1C_BANDS.index("B08")
+L2A_INDEX = [L1C_BANDS.index(b) for b in L2A_BANDS]  # the L1C bands without B10
+
+# Scene classification codes (Sen2Cor's SCL) that the synthetic L2A layer uses.
+SCL_NO_DATA, SCL_SHADOW, SCL_VEGETATION, SCL_NOT_VEGETATED, SCL_WATER = 0, 3, 4, 5, 6
+SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH = 8, 9
 N_BANDS = len(L1C_BANDS)
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +319,8 @@ class SyntheticTile:
     data_mask: np.ndarray  # bool (t, y, x): True inside the swath
     cloud_mask: np.ndarray  # bool (t, y, x): true cloud mask (cloud opacity >= 0.5), False outside the swath
     land_cover: np.ndarray  # uint8 (y, x) LULC codes
+    shadow_mask: np.ndarray | None = None  # bool (t, y, x): true cloud shadow (shadow opacity >= 0.5, not cloud)
+    scl: np.ndarray | None = None  # uint8 (t, y, x): Sen2Cor-like scene classification (see module docstring)
 
 
 @dataclass(frozen=True)
@@ -318,6 +334,11 @@ class SyntheticScene:
     swath_edge_fraction: float = 0.15  # fraction of frames cut by a swath edge (no-data beyond it)
     change_fraction: float = 0.03  # approx fraction of area whose class changes from one year to the next
     patch_size_m: float = 500.0  # typical size of a land-cover patch
+    collection: str = "L1C"  # "L2A": no B10, and a scene classification layer (see module docstring)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return L2A_BANDS if self.collection == "L2A" else L1C_BANDS
 
     # --- dates -----------------------------------------------------------------------------
 
@@ -485,6 +506,25 @@ class SyntheticScene:
         # Beta(cc, 1 - cc): mean cc, U-shaped, so that many dates are clear and some overcast.
         return key, float(special.betaincinv(cc, 1.0 - cc, _unit64(_hash(key, 0))))
 
+    def _shadow_geometry(self, date_s: int) -> tuple[int, float]:
+        """Horizontal cloud-to-shadow distance (mm) and sun azimuth (degrees) of a date."""
+        date_key = _key(self.seed, _CH_DATE, date_s)
+        dist = 600_000 + int(_hash(date_key, 1) % np.uint64(1_400_000))  # 0.6-2 km, in mm
+        return dist, 150.0 + 20.0 * float(_unit64(_hash(date_key, 2)))
+
+    def sun_angles(self, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sun azimuth and zenith (degrees, float64 (t,)) of each date: the geometry of its shadows.
+
+        The azimuth is the direction the shadows point away from; the zenith follows the season
+        (30° at the June solstice, 65° at the December one), so that a date's clouds sit at
+        shadow distance / tan(zenith), 0.3-3.5 km.
+        """
+        seconds = _date_seconds(np.asarray(dates).reshape(-1))
+        azimuth = np.array([self._shadow_geometry(int(s))[1] for s in seconds], np.float64)
+        doy = np.array([_day_of_year(np.datetime64(int(s), "s")) for s in seconds], np.float64)
+        zenith = 47.5 - 17.5 * np.cos(2 * np.pi * (doy - 172.0) / 365.0)
+        return azimuth, zenith
+
     def _cloud_opacity(self, key: int, cover: float, xm: np.ndarray, ym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Opacity in [0, 1] (>= 0.5 on `cover` of the area) and thickness in [0, 1]."""
         if cover <= 0.0:
@@ -537,9 +577,22 @@ class SyntheticScene:
         bands = np.zeros((n_t, *grid.shape, N_BANDS), np.uint16)
         data_mask = np.ones((n_t, *grid.shape), bool)
         cloud_mask = np.zeros((n_t, *grid.shape), bool)
+        shadow_mask = np.zeros((n_t, *grid.shape), bool)
         for t, date_s in enumerate(_date_seconds(dates)):
-            self._render_date(int(date_s), xm, ym, const, bands[t], data_mask[t], cloud_mask[t])
-        return SyntheticTile(dates=dates, bands=bands, data_mask=data_mask, cloud_mask=cloud_mask, land_cover=lc)
+            self._render_date(int(date_s), xm, ym, const, bands[t], data_mask[t], cloud_mask[t], shadow_mask[t])
+        scl = None
+        if self.collection == "L2A":
+            bands = bands[..., L2A_INDEX]
+            scl = _scene_classification(bands, data_mask, cloud_mask, shadow_mask, lc)
+        return SyntheticTile(
+            dates=dates,
+            bands=bands,
+            data_mask=data_mask,
+            cloud_mask=cloud_mask,
+            land_cover=lc,
+            shadow_mask=shadow_mask,
+            scl=scl,
+        )
 
     def _pixel_constants(self, lc: np.ndarray, xm: np.ndarray, ym: np.ndarray) -> dict[str, np.ndarray]:
         """Per-pixel, date-independent inputs of the rendering: spectra (in DN) and phenology."""
@@ -576,8 +629,8 @@ class SyntheticScene:
             "pixel_hash": _hash(seed, _CH_SENSOR, xm, ym),  # re-mixed with each date for sensor noise
         }
 
-    def _render_date(self, date_s: int, xm, ym, c: dict, bands, data_mask, cloud_mask) -> None:
-        """Render one date into the (y, x, 13) DN slice `bands` and its two (y, x) masks.
+    def _render_date(self, date_s: int, xm, ym, c: dict, bands, data_mask, cloud_mask, shadow_mask) -> None:
+        """Render one date into the (y, x, 13) DN slice `bands` and its three (y, x) masks.
 
         All spectra are in DN (reflectance * 10000) so that no final scaling pass is needed.
         """
@@ -602,9 +655,10 @@ class SyntheticScene:
         # Clouds, and their shadows: the cloud field seen from a point offset towards the sun.
         cloud_key, cover = self._cloud_params(date_s)
         opacity, thickness = self._cloud_opacity(cloud_key, cover, xm, ym)
+        shadow = None
         if cover > 0.0:
-            dist = 600_000 + int(_hash(date_key, 1) % np.uint64(1_400_000))  # 0.6-2 km, in mm
-            azimuth = np.deg2rad(150.0 + 20.0 * _unit64(_hash(date_key, 2)))
+            dist, azimuth_deg = self._shadow_geometry(date_s)
+            azimuth = np.deg2rad(azimuth_deg)
             sx, sy = int(dist * np.sin(azimuth)), int(dist * np.cos(azimuth))
             shadow = self._cloud_opacity(cloud_key, cover, xm + sx, ym + sy)[0]
             if shadow.any():
@@ -623,14 +677,17 @@ class SyntheticScene:
         np.clip(refl, F32(1.0), F32(65535.0), out=refl)  # DN 0 is reserved for no data
 
         cloudy = opacity >= F32(0.5)
+        shaded = ~cloudy & (shadow >= F32(0.5)) if shadow is not None else np.zeros_like(cloudy)
         valid = self._swath_valid(date_s, xm, ym)
         if valid is None:
             np.copyto(bands, refl, casting="unsafe")
             cloud_mask[...] = cloudy
+            shadow_mask[...] = shaded
         else:
             np.copyto(bands, refl, casting="unsafe", where=valid[..., None])
             data_mask[...] = valid
             cloud_mask[...] = cloudy & valid
+            shadow_mask[...] = shaded & valid
 
     # --- reference data --------------------------------------------------------------------
 
@@ -657,23 +714,58 @@ class SyntheticScene:
         return gdf
 
 
-class SyntheticSource:
-    """The generator behind the download stage's source interface (`tasks.download.sources.BandSource`)."""
+def _scene_classification(bands, data_mask, cloud_mask, shadow_mask, lc) -> np.ndarray:
+    """uint8 (t, y, x) Sen2Cor-like SCL of L2A bands (L2A_BANDS order) from the true masks."""
+    red = bands[..., L2A_BANDS.index("B04")].astype(F32)
+    nir = bands[..., L2A_BANDS.index("B08")].astype(F32)
+    ndvi = (nir - red) / np.maximum(nir + red, F32(1))
+    scl = np.where(ndvi > F32(0.4), SCL_VEGETATION, SCL_NOT_VEGETATED).astype(np.uint8)
+    scl[:, lc == WATER] = SCL_WATER
+    thick = cloud_mask & (bands[..., L2A_BANDS.index("B02")] > 3000)  # bright, opaque cores
+    scl[shadow_mask] = SCL_SHADOW
+    scl[cloud_mask] = SCL_CLOUD_MEDIUM
+    scl[thick] = SCL_CLOUD_HIGH
+    scl[~data_mask] = SCL_NO_DATA
+    return scl
 
-    band_names: tuple[str, ...] = L1C_BANDS
+
+class SyntheticSource:
+    """The generator behind the download stage's source interface (`tasks.download.sources.BandSource`).
+
+    Besides bands it delivers the layers the cloud masks may need (`read_layers`): the sun's
+    angles of each date ("sun") and, for L2A, the scene classification ("SCL").
+    """
 
     def __init__(self, scene: SyntheticScene):
         self.scene = scene
+        self.band_names: tuple[str, ...] = scene.band_names
+        self.layers: tuple[str, ...] = ("sun", "SCL") if scene.collection == "L2A" else ("sun",)
 
     def acquisition_dates(self, grid: PixelGrid, year: int) -> np.ndarray:
         return self.scene.acquisition_dates(year)
 
     def read(self, grid: PixelGrid, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bands, data_mask, _ = self.read_layers(grid, dates, ())
+        return bands, data_mask
+
+    def read_layers(self, grid: PixelGrid, dates: np.ndarray, layers=()) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Bands, data mask and the requested `layers` ("sun": float64 (t, 2) azimuth and zenith in
+        degrees; "SCL": uint8 (t, y, x), L2A only) of `grid` at `dates`."""
+        unknown = set(layers) - set(self.layers)
+        if unknown:
+            raise ValueError(f"the synthetic {self.scene.collection} source has no layers {sorted(unknown)}")
+        extra = {}
+        if "sun" in layers:
+            extra["sun"] = np.stack(self.scene.sun_angles(dates), axis=-1).reshape(-1, 2)
         if not len(dates):
-            return np.zeros((0, *grid.shape, N_BANDS), np.uint16), np.zeros((0, *grid.shape), bool)
+            if "SCL" in layers:
+                extra["SCL"] = np.zeros((0, *grid.shape), np.uint8)
+            return np.zeros((0, *grid.shape, len(self.band_names)), np.uint16), np.zeros((0, *grid.shape), bool), extra
         year = int(np.datetime_as_string(dates[0], unit="Y"))
         tile = self.scene.render(grid, year, dates)
-        return tile.bands, tile.data_mask
+        if "SCL" in layers:
+            extra["SCL"] = tile.scl
+        return tile.bands, tile.data_mask, extra
 
 
 def area_reference_polygons(scene: SyntheticScene, tile_grids: list[PixelGrid], year: int, fraction: float = 1.0):

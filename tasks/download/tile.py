@@ -1,13 +1,16 @@
 """Download stage, tile level: one tile-year of bands, cloud masks and valid-data masks.
 
 Plain functions, no Prefect: the flow in flows/download.py wraps them. A tile is made in
-two passes over its blocks, both inside one write attempt of the store (so the tile is
-marked done only when everything is written):
+passes over its blocks, all inside one write attempt of the store (so the tile is marked
+done only when everything is written), by tasks/download/masks.py's `fill_tile`:
 
-1. bands and data mask, read from the source block by block;
+1. bands and data mask (and the layers the cloud method needs), read from the source block
+   by block;
 2. s2cloudless cloud probabilities and masks, block by block, each block read back from
-   the attempt with enough surrounding context (halo) that the result equals processing
-   the whole tile at once; then valid = data and not cloud, and each frame's valid coverage.
+   the attempt with enough surrounding context (halo, read from the source beyond the
+   tile's edges) that the result equals processing the whole area at once;
+3. cloud shadows, then valid = data and not cloud and not shadow, and each frame's valid
+   coverage.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import numpy as np
 from lcms.config import DownloadConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
-from tasks.download import cloud_mask
-from tasks.download.sources import BandSource, make_source
+from tasks.download import masks
+from tasks.download.sources import BandSource, SourceCredentials
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,29 @@ def download_params_hash(cfg: DownloadConfig, tile: Tile, year: int) -> str:
     return params_hash(cfg.source, cfg.cloud_mask, tile.grid.to_attrs(), year)
 
 
+def make_source(cfg, storage_options: dict | None = None, credentials: SourceCredentials | None = None) -> BandSource:
+    """The source a `lcms.config` source config describes (synthetic, sentinelhub or files)."""
+    # Imported when chosen: each source pulls in its own client libraries.
+    if cfg.kind == "synthetic":
+        from tasks.download.synthetic import SyntheticScene, SyntheticSource
+
+        return SyntheticSource(SyntheticScene(**cfg.model_dump(exclude={"kind"})))
+    if cfg.kind == "sentinelhub":
+        from tasks.download.sentinelhub_source import SentinelHubSource
+
+        return SentinelHubSource(cfg, credentials)
+    if cfg.kind == "files":
+        from tasks.download.file_source import FileSource
+
+        return FileSource(cfg, storage_options)
+    raise ValueError(f"unknown source kind {cfg.kind!r}")
+
+
+def download_tile_hash(store: TileStore, tile: Tile, year: int, cfg: DownloadConfig) -> str:
+    """The download reads no other stage: its hash is its settings, the tile and the year."""
+    return download_params_hash(cfg, tile, year)
+
+
 def with_halo(region: tuple[slice, slice], halo: int, shape: tuple[int, int]) -> tuple[tuple[slice, slice], tuple]:
     """`region` grown by `halo` pixels (clipped to `shape`), and where `region` sits inside it."""
     rows, cols = region
@@ -45,49 +71,26 @@ def with_halo(region: tuple[slice, slice], halo: int, shape: tuple[int, int]) ->
 
 
 def download_tile(
-    store: TileStore, tile: Tile, year: int, cfg: DownloadConfig, source: BandSource | None = None
+    store: TileStore,
+    tile: Tile,
+    year: int,
+    cfg: DownloadConfig,
+    source: BandSource | None = None,
+    credentials: SourceCredentials | None = None,
 ) -> DoneRecord:
-    """Fetch and store one tile-year; the tile is marked done only when every array is written."""
-    source = source or make_source(cfg.source, store.storage_options)
+    """Fetch and store one tile-year; the tile is marked done only when every array is written.
+
+    `credentials` are the source's, resolved by the caller (the flow reads Prefect Secret blocks).
+    """
+    source = source or make_source(cfg.source, store.storage_options, credentials)
     dates = source.acquisition_dates(tile.grid, year)
     if not len(dates):
         log.warning("tile %s has no acquisitions in %s: stored with zero frames", tile.tile_id, year)
     coords = {"time": dates, "band": np.array(source.band_names)}
     attrs = {"source": cfg.source.kind}
     tile_hash = download_params_hash(cfg, tile, year)
-    blocks = list(tile.grid.blocks(cfg.block_size))
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs) as writer:
-        for region, block_grid in blocks:
-            if len(dates):
-                bands, data_mask = source.read(block_grid, dates)
-            else:  # nothing to ask the source for: an empty, valid tile
-                bands = np.zeros((0, *block_grid.shape, len(source.band_names)), np.uint16)
-                data_mask = np.zeros((0, *block_grid.shape), bool)
-            writer.write("bands", bands, region)
-            writer.write("data_mask", data_mask, region)
-
-        halo = cloud_mask.halo_px(cfg.cloud_mask, tile.grid.resolution) if cfg.cloud_mask.method != "none" else 0
-        valid_pixels = np.zeros(len(dates), dtype=np.int64)
-        for region, _ in blocks:
-            context, inner = with_halo(region, halo, tile.grid.shape)
-            bands = writer.read("bands", context)
-            data_mask = writer.read("data_mask", context)
-            if cfg.cloud_mask.method == "none":
-                prob, cloudy = np.full(data_mask.shape, 255, np.uint8), np.zeros_like(data_mask)
-            else:
-                prob, cloudy = cloud_mask.cloud_masks(
-                    bands, source.band_names, data_mask, tile.grid.resolution, cfg.cloud_mask
-                )
-            prob, cloudy, data_mask = (
-                prob[:, inner[0], inner[1]],
-                cloudy[:, inner[0], inner[1]],
-                data_mask[:, inner[0], inner[1]],
-            )
-            valid = cloud_mask.valid_mask(data_mask, cloudy)
-            writer.write("cloud_prob", prob, region)
-            writer.write("cloud_mask", cloudy, region)
-            writer.write("valid_mask", valid, region)
-            valid_pixels += valid.sum(axis=(1, 2))
+        valid_pixels = masks.fill_tile(writer, source, tile.grid, dates, cfg)
         coverage = (valid_pixels / (tile.grid.height * tile.grid.width)).astype(np.float32)
         writer.write("valid_coverage", coverage)
         return writer.commit(

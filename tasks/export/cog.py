@@ -1,4 +1,4 @@
-"""Export stage: per-tile 2-D maps → one Cloud-Optimised GeoTIFF plus a STAC item.
+"""Export stage, COGs: per-tile 2-D maps → one Cloud-Optimised GeoTIFF, and its validation.
 
 Plain functions, no Prefect. The input is a list of `TilePiece` values: a tile's buffered
 `PixelGrid`, the window of its core inside that grid, and a `read(window)` callable that returns
@@ -25,18 +25,17 @@ How `export_cog` builds the file:
 4. **Publish.** Local targets are built in a hidden folder next to the target and moved in
    with `os.replace`; remote targets (``s3://...``, any fsspec URL) are built in a local temp
    folder and uploaded as the very last step. A failure therefore never leaves a file, or a
-   half file, at the URL.
+   half file, at the URL (uploads and S3 read options: tasks/export/publish.py).
 
-Legend: with `legend`, band 1 gets a colour table (code → RGBA from the legend colour, the
-nodata code fully transparent), band tags ``CLASS_<code>=<name>`` and a dataset tag ``LEGEND``
-(JSON list of code/name/color). GDAL stores all of these inside the TIFF (colour map tag and
-GDAL_METADATA tag); GDAL category names would only go to a ``.aux.xml`` sidecar for GTiff, and
-rasterio has no API for them, so they are not written. GDAL's PAM (.aux.xml) is switched off
-while exporting, so no sidecar can be produced.
+Legend: with `legend`, band 1 gets a colour table (`lcms.legend.legend_colormap`: code → RGBA
+from the legend colour, the nodata code fully transparent), band tags ``CLASS_<code>=<name>``
+and a dataset tag ``LEGEND`` (JSON list of code/name/color). GDAL stores all of these inside
+the TIFF (colour map tag and GDAL_METADATA tag); GDAL category names would only go to a
+``.aux.xml`` sidecar for GTiff, and rasterio has no API for them, so they are not written.
+GDAL's PAM (.aux.xml) is switched off while exporting, so no sidecar can be produced.
 
-`stac_item` describes the result (WGS84 geometry/bbox, start/end datetimes, projection,
-raster and, with a legend, classification extensions); `write_stac_item` writes its JSON;
-`validate_cog` runs rio-cogeo's validator, also on ``s3://`` URLs.
+`validate_cog` runs rio-cogeo's validator, also on ``s3://`` URLs. The STAC items describing
+the result are made by tasks/export/stac.py.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import typing
@@ -54,29 +52,23 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import fsspec
 import numpy as np
-import pystac
 import rasterio
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-from pystac.extensions.classification import Classification, ClassificationExtension
-from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.dtypes import in_dtype_range
 from rasterio.enums import Resampling
-from rasterio.warp import reproject, transform, transform_bounds
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 from rio_cogeo.cogeo import RIOResampling, cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from lcms.geometry import PixelGrid
-from lcms.legend import LegendClass
+from lcms.legend import LegendClass, legend_colormap
+from tasks.export.publish import gdal_config, is_remote, local_path, upload_file
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +101,6 @@ LATTICE_TOL_PX = 1e-6
 # bounded cache keeps memory independent of the mosaic's size (GDAL's default is 5 % of RAM).
 CACHE_BLOCK_ROWS = 2
 CACHE_MIN_MB, CACHE_MAX_MB = 16, 1024
-_HEX_COLOR = re.compile(r"^#?([0-9A-Fa-f]{6})$")
 
 
 class ExportError(ValueError):
@@ -183,13 +174,13 @@ def export_cog(
     pieces = list(pieces)
     compress_key = _check_options(pieces, nodata, compress, blocksize, overview_resampling, resampling)
     out_grid, placements = plan_output(pieces, crs=crs, resolution=resolution)
-    remote = _is_remote(url)
+    remote = is_remote(url)
     storage_options = dict(storage_options or {})
 
     if remote:
         workdir = tempfile.mkdtemp(prefix="lcms-export-", dir=tmp_dir)
     else:
-        target = Path(_local_path(url))
+        target = Path(local_path(url))
         target.parent.mkdir(parents=True, exist_ok=True)
         # Next to the target so that os.replace is an atomic rename on the same file system.
         workdir = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -197,7 +188,10 @@ def export_cog(
         first = _read_core(placements[0].piece)
         dtype = first.dtype
         _check_dtype(dtype, nodata, legend, placements[0].piece.tile_id)
-        colormap = legend_colormap(legend, nodata) if legend else None
+        try:
+            colormap = legend_colormap(legend, nodata) if legend else None
+        except ValueError as exc:  # a colour that is not #rrggbb
+            raise ExportError(str(exc)) from exc
         row_bytes = blocksize * out_grid.width * dtype.itemsize
         cache_mb = int(min(CACHE_BLOCK_ROWS * row_bytes / 2**20 + CACHE_MIN_MB, CACHE_MAX_MB))
         mosaic = os.path.join(workdir, "mosaic.tif")
@@ -209,7 +203,7 @@ def export_cog(
             _translate(mosaic, cog, compress_key, blocksize, nodata, overview_resampling, colormap)
         os.remove(mosaic)  # free the disk before the upload / move
         if remote:
-            _upload(cog, url, storage_options)
+            upload_file(cog, url, storage_options)
         else:
             os.replace(cog, target)
     finally:
@@ -529,25 +523,6 @@ def _translate(
 # --------------------------------------------------------------------------- legend
 
 
-def hex_to_rgb(color: str) -> tuple[int, int, int]:
-    m = _HEX_COLOR.match(color.strip())
-    if not m:
-        raise ExportError(f"colour {color!r} is not of the form #rrggbb")
-    h = m.group(1)
-    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
-
-
-def legend_colormap(legend: Sequence[LegendClass], nodata: float = 0) -> dict[int, tuple[int, int, int, int]]:
-    """GDAL colour table: code → RGBA; the nodata code is fully transparent."""
-    cmap: dict[int, tuple[int, int, int, int]] = {}
-    for c in legend:
-        r, g, b = hex_to_rgb(c.color)
-        cmap[int(c.code)] = (r, g, b, 0 if c.code == nodata else 255)
-    if nodata not in cmap and float(nodata).is_integer() and 0 <= nodata < 65536:
-        cmap[int(nodata)] = (255, 255, 255, 0)
-    return cmap
-
-
 def legend_json(legend: Sequence[LegendClass]) -> str:
     return json.dumps([{"code": int(c.code), "name": c.name, "color": c.color} for c in legend])
 
@@ -557,53 +532,7 @@ def read_legend_tags(tags: Mapping[str, str]) -> dict[int, str]:
     return {int(k[6:]): v for k, v in tags.items() if k.startswith("CLASS_") and k[6:].isdigit()}
 
 
-# --------------------------------------------------------------------------- publish
-
-
-def _is_remote(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
-def _local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
-
-
-def _upload(local: str, url: str, storage_options: Mapping[str, Any]) -> None:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    # One put of a complete file: S3 only shows the key once the (multipart) upload completes.
-    fs.put_file(local, path)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(path)
-
-
-def gdal_config(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """GDAL config options for reading `url` (S3 endpoint from storage_options or AWS_ENDPOINT_URL)."""
-    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-    if not url.startswith("s3://"):
-        return options
-    so = dict(storage_options or {})
-    client_kwargs = so.get("client_kwargs") or {}
-    endpoint = (
-        so.get("endpoint_url")
-        or client_kwargs.get("endpoint_url")
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
-        options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
-        options["AWS_VIRTUAL_HOSTING"] = "FALSE"  # path-style: MinIO, moto, and any non-AWS endpoint
-    for key, option in (
-        ("key", "AWS_ACCESS_KEY_ID"),
-        ("secret", "AWS_SECRET_ACCESS_KEY"),
-        ("token", "AWS_SESSION_TOKEN"),
-    ):
-        if so.get(key):
-            options[option] = str(so[key])
-    if so.get("anon"):
-        options["AWS_NO_SIGN_REQUEST"] = "YES"
-    return options
+# --------------------------------------------------------------------------- validation
 
 
 def validate_cog(
@@ -616,137 +545,13 @@ def validate_cog(
     return cog_validate(path, quiet=True, config=gdal_config(str(path_or_url), storage_options))
 
 
-# --------------------------------------------------------------------------- STAC
-
-
-def _footprint_wgs84(result: ExportResult) -> dict[str, Any]:
-    """The output grid's outline in WGS84, densified along the edges (they curve after reprojecting)."""
-    minx, miny, maxx, maxy = result.bounds
-    t = np.linspace(0.0, 1.0, DENSIFY_PTS)[:-1]
-    xs = np.concatenate(
-        [minx + (maxx - minx) * t, np.full_like(t, maxx), maxx - (maxx - minx) * t, np.full_like(t, minx)]
-    )
-    ys = np.concatenate(
-        [np.full_like(t, maxy), maxy - (maxy - miny) * t, np.full_like(t, miny), miny + (maxy - miny) * t]
-    )
-    lon, lat = transform(result.crs, WGS84, xs.tolist(), ys.tolist())
-    ring = [[round(x, 8), round(y, 8)] for x, y in zip(lon, lat, strict=True)]
-    ring.append(ring[0])
-    return {"type": "Polygon", "coordinates": [ring]}
-
-
-def _class_name(name: str) -> str:
-    # The classification extension's `name` allows letters, digits, '-' and '_' only; `title` keeps the original.
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "class"
-
-
-def stac_item(
-    result: ExportResult,
-    *,
-    item_id: str,
-    start: datetime,
-    end: datetime,
-    asset_href: str,
-    title: str,
-    legend: Sequence[LegendClass] | None = None,
-    roles: Sequence[str] = ("data",),
-    extra_assets: Mapping[str, pystac.Asset] | None = None,
-    properties: Mapping[str, Any] | None = None,
-    asset_key: str = "data",
-) -> pystac.Item:
-    """A STAC item for an exported COG: WGS84 footprint, time range, projection/raster/classification info."""
-    if end < start:
-        raise ExportError(f"end {end} is before start {start}")
-    props = {"title": title, **dict(properties or {})}
-    item = pystac.Item(
-        id=item_id,
-        geometry=_footprint_wgs84(result),
-        bbox=list(result.bounds_wgs84),
-        datetime=None,
-        properties=props,
-        start_datetime=start,
-        end_datetime=end,
-    )
-    crs = CRS.from_user_input(result.crs)
-    authority = crs.to_authority()
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.apply(
-        code=f"{authority[0]}:{authority[1]}" if authority else None,
-        wkt2=None if authority else crs.to_wkt(),
-        shape=list(result.shape),
-        transform=list(result.transform),
-        bbox=list(result.bounds),
-    )
-
-    asset = pystac.Asset(href=asset_href, media_type=pystac.MediaType.COG, roles=list(roles), title=title)
-    item.add_asset(asset_key, asset)
-    nodata = result.nodata
-    band = RasterBand.create(
-        nodata=("nan" if isinstance(nodata, float) and math.isnan(nodata) else nodata),
-        data_type=_stac_data_type(result.dtype),
-        spatial_resolution=float(result.transform[0]),
-    )
-    RasterExtension.ext(asset, add_if_missing=True).apply(bands=[band])
-    if legend:
-        classes = [
-            Classification.create(
-                value=int(c.code),
-                name=_class_name(c.name),
-                title=c.name,
-                color_hint=_color_hint(c.color),
-                nodata=True if c.code == nodata else None,
-            )
-            for c in legend
-        ]
-        ClassificationExtension.ext(asset, add_if_missing=True).apply(classes=classes)
-    for key, extra in (extra_assets or {}).items():
-        item.add_asset(key, extra)
-    return item
-
-
-def _color_hint(color: str) -> str:
-    """'#054907' → '054907' (upper case), the classification extension's color_hint."""
-    hex_to_rgb(color)  # validates
-    return color.strip().lstrip("#").upper()
-
-
-def _stac_data_type(dtype: str) -> DataType:
-    try:
-        return DataType(dtype)
-    except ValueError:
-        return DataType.OTHER
-
-
-def write_stac_item(item: pystac.Item, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write the item's JSON to a local path or an fsspec URL (local: temp file + os.replace)."""
-    text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
-    if _is_remote(url):
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-        fs.pipe_file(path, text.encode())
-        return
-    target = Path(_local_path(url))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes files private; a catalogue must be readable by others
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 __all__ = [
     "ExportError",
     "ExportResult",
     "TilePiece",
     "export_cog",
-    "gdal_config",
-    "legend_colormap",
+    "legend_json",
     "plan_output",
     "read_legend_tags",
-    "stac_item",
     "validate_cog",
-    "write_stac_item",
 ]

@@ -1,7 +1,8 @@
 """Export stage, AOI level: a year's tile maps as Cloud-Optimised GeoTIFFs with STAC items.
 
 Plain functions, no Prefect: the flow in flows/export.py wraps them. The COG writing itself
-(windowed, tile by tile, so a country never sits in memory) is in tasks/export/cog.py. Per year:
+(windowed, tile by tile, so a country never sits in memory) is in tasks/export/cog.py, the STAC
+items in tasks/export/stac.py. Per year:
 
 - one labels map per UTM zone, from the post-processed (or the raw predicted) labels, with the
   legend's colour table and class names; with `export.crs`, one map of the whole AOI in that CRS;
@@ -19,8 +20,12 @@ from dataclasses import asdict
 from lcms.config import ExportConfig
 from lcms.grid import AreaGrid, Tile
 from lcms.legend import LegendClass
+from lcms.lineage import current as current_lineage
+from lcms.lineage import lineage_id as make_lineage_id
 from lcms.store import TileStore
-from tasks.export.cog import TilePiece, export_cog, stac_item, write_stac_item
+from tasks.export.cog import TilePiece, export_cog
+from tasks.export.stac import stac_item, write_stac_item
+from tasks.prediction.versions import MixedModelVersionsError, one_model_version
 
 STAGE = "export"
 
@@ -46,9 +51,24 @@ def map_groups(tiles: AreaGrid, cfg: ExportConfig) -> dict[str, list[Tile]]:
     return groups
 
 
-def export_year(store: TileStore, tiles: AreaGrid, year: int, cfg: ExportConfig, model_name: str) -> list[dict]:
-    """Export every map of one year; returns one summary per written map."""
+def export_year(
+    store: TileStore, tiles: AreaGrid, year: int, cfg: ExportConfig, model_name: str, current_version: str | None = None
+) -> list[dict]:
+    """Export every map of one year; returns one summary per written map.
+
+    The tiles must share one model version (MixedModelVersionsError names them otherwise); with
+    `cfg.consistent_only`, the tiles of `current_version` are exported and the others left out.
+    """
     folder = (cfg.url or store.maps_url()).rstrip("/")
+    keep = current_version if cfg.consistent_only else None
+    stages = (cfg.source, "prediction") if cfg.confidence else (cfg.source,)
+    version, kept = one_model_version(store, tiles.tile_ids, year, "export", keep_version=keep, stages=stages)
+    left_out = sorted(set(tiles.tile_ids) - set(kept))
+    if not kept:
+        raise MixedModelVersionsError(f"export {year}: no tile was predicted with model version {version}")
+    tiles = tiles.select(tile_ids=kept)
+    # What the maps were made from (the export flow records it): its id goes on every map and STAC item.
+    lineage_id = make_lineage_id(current_lineage()) if current_lineage() else ""
     first = store.open_tile("prediction", year, tiles.tile_ids[0])
     legend = [LegendClass(c["code"], c["name"], c["color"]) for c in first.attrs["legend"]]
     start = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
@@ -71,7 +91,14 @@ def export_year(store: TileStore, tiles: AreaGrid, year: int, cfg: ExportConfig,
                 blocksize=cfg.blocksize,
                 overview_resampling=overview,
                 storage_options=store.storage_options,
-                tags={"lcms_model": model_name, "lcms_year": str(year), "lcms_source": stage, "lcms_map": kind},
+                tags={
+                    "lcms_model": model_name,
+                    "lcms_model_version": version,
+                    "lcms_lineage_id": lineage_id,
+                    "lcms_year": str(year),
+                    "lcms_source": stage,
+                    "lcms_map": kind,
+                },
                 **reprojection,
             )
             item = stac_item(
@@ -82,10 +109,27 @@ def export_year(store: TileStore, tiles: AreaGrid, year: int, cfg: ExportConfig,
                 asset_href=url,
                 title=f"{model_name} {kind} {year} ({zone})",
                 legend=map_legend,
-                properties={"lcms:model": model_name, "lcms:map": kind, "lcms:source_stage": stage},
+                properties={
+                    "lcms:model": model_name,
+                    "lcms:model_version": version,
+                    "lcms:lineage_id": lineage_id,
+                    "lcms:map": kind,
+                    "lcms:source_stage": stage,
+                },
             )
             write_stac_item(item, f"{folder}/{base}.json", store.storage_options)
-            outputs.append({"map": kind, "zone": zone, "year": year, "url": url, "tiles": len(group), **_shape(result)})
+            outputs.append(
+                {
+                    "map": kind,
+                    "zone": zone,
+                    "year": year,
+                    "url": url,
+                    "tiles": len(group),
+                    "model_version": version,
+                    "left_out": left_out,
+                    **_shape(result),
+                }
+            )
     return outputs
 
 

@@ -37,6 +37,12 @@ def features_params_hash(cfg: FeaturesConfig, tile: Tile, year: int, download_ha
     return params_hash(cfg, tile.grid.to_attrs(), year, download_hash)
 
 
+def features_tile_hash(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) -> str:
+    """Includes the download it reads, so a redone download makes the features stale."""
+    download = store.require_done(INPUT_STAGE, year, tile.tile_id)
+    return features_params_hash(cfg, tile, year, download.params_hash)
+
+
 def pack(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 features → the stored dtype: int16 (× 10000, rounded, clipped; NaN → fill) or float32."""
     if dtype == "float32":

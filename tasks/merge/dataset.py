@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lcms.config import MergeConfig, params_hash
-from lcms.store import SPLIT_CODES, DoneRecord, TileStore
+from lcms.layout import SPLIT_CODES
+from lcms.store import DoneRecord, TileStore
 from tasks.sampling.samples import split_by_blocks, split_by_tile, split_halves
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def merge_samples(
     cfg: MergeConfig,
     block_px: int,
 ) -> DoneRecord:
-    """Merge the samples of the given tiles and years into the dataset `cfg.name`."""
+    """Merge the samples of the given tiles and years into the dataset of the store's product."""
     samples = read_tile_samples(store, tile_ids, years, tile_widths)
     if not samples:
         raise MergeError(
@@ -226,7 +227,7 @@ def merge_samples(
     }
     coords = {"sample": np.arange(n, dtype=np.int64), "column": np.array(columns)}
     record_hash = merge_params_hash(cfg, block_px, sampling_inputs(store, tile_ids, years))
-    with store.product_writer(STAGE, cfg.name, record_hash, coords, attrs, {"features": dtypes.pop()}) as writer:
+    with store.product_writer(STAGE, store.product, record_hash, coords, attrs, {"features": dtypes.pop()}) as writer:
         writer.write("label", np.concatenate([s.y for s in samples]).astype(np.uint8))
         writer.write("split", split)
         writer.write("tile", np.array([tile_index[t] for t in tiles], dtype=np.uint32))

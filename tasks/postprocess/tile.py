@@ -24,6 +24,12 @@ def postprocess_params_hash(cfg: PostprocessConfig, tile: Tile, year: int, predi
     return params_hash(cfg, tile.grid.to_attrs(), year, prediction_hash)
 
 
+def postprocess_tile_hash(store: TileStore, tile: Tile, year: int, cfg: PostprocessConfig) -> str:
+    """Includes the prediction it reads: a redone prediction makes the post-processing stale."""
+    prediction = store.require_done(INPUT_STAGE, year, tile.tile_id)
+    return postprocess_params_hash(cfg, tile, year, prediction.params_hash)
+
+
 def step_arguments(cfg: PostprocessConfig, n_pixels: int) -> list[tuple[str, dict]]:
     """The chain as (step name, keyword arguments) pairs for `tasks.postprocess.apply_steps`."""
     steps = []
@@ -83,4 +89,6 @@ def postprocess_tile(store: TileStore, tile: Tile, year: int, cfg: PostprocessCo
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, {}, attrs) as writer:
         writer.write("labels", result.astype(np.uint8))
         changed = int((result != labels).sum())
-        return writer.commit(extra={"changed_pixels": changed})
+        # The model version travels with the labels, so a map can tell a stale post-processing.
+        version = prediction.record.extra.get("model_version") or prediction.record.extra.get("model_attempt")
+        return writer.commit(extra={"changed_pixels": changed, "model_version": version})

@@ -41,23 +41,26 @@ def prediction_params_hash(tile: Tile, year: int, model_attempt: str, features_h
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(store_url: str, storage_options_key: tuple, name: str, attempt: str):
+def _cached_model(store_url: str, storage_options_key: tuple, name: str, version: str):
     store = TileStore(store_url, dict(storage_options_key))
-    folder = Path(tempfile.mkdtemp(prefix=f"lcms-model-{name}-"))
-    booster, metadata = fetch_model(store, name, folder)
-    if store.product_record(MODEL_STAGE, name).attempt != attempt:
-        raise PredictionError(f"model {name!r} was replaced while it was being fetched; rerun the stage")
-    return booster, metadata
+    # Versions are immutable, so the files can go once the model is in memory.
+    with tempfile.TemporaryDirectory(prefix=f"lcms-model-{name}-") as folder:
+        return fetch_model(store, name, Path(folder), version)
 
 
-def load_stored_model(store: TileStore, name: str):
-    """(booster, metadata, attempt) of the current model `name`, fetched once per process."""
-    record = store.product_record(MODEL_STAGE, name)
-    if record is None:
-        raise PredictionError(f"{store.url} has no trained model {name!r}: run `lcms training CONFIG` first")
+def load_stored_model(store: TileStore, name: str, version: str | None = None):
+    """(booster, metadata, version) of the model `name`: its current version, or the pinned `version`.
+
+    Fetched once per process and version.
+    """
+    if version is None:
+        record = store.product_record(MODEL_STAGE, name)
+        if record is None:
+            raise PredictionError(f"{store.url} has no trained model {name!r}: run `lcms training CONFIG` first")
+        version = record.attempt
     options = tuple(sorted((k, str(v)) for k, v in store.storage_options.items()))
-    booster, metadata = _cached_model(store.url, options, name, record.attempt)
-    return booster, metadata, record.attempt
+    booster, metadata = _cached_model(store.url, options, name, version)
+    return booster, metadata, version
 
 
 def check_features_match(metadata: dict, feature_names: list[str], dates: np.ndarray, where: str) -> None:
@@ -85,15 +88,29 @@ def check_features_match(metadata: dict, feature_names: list[str], dates: np.nda
         )
 
 
-def prediction_tile(store: TileStore, tile: Tile, year: int, cfg: PredictionConfig, model_name: str) -> DoneRecord:
-    """Predict one tile-year with the stored model and store labels, probabilities and confidence."""
-    booster, metadata, attempt = load_stored_model(store, model_name)
+def prediction_tile_hash(store: TileStore, tile: Tile, year: int, cfg: PredictionConfig) -> str:
+    """A retrained model or redone features make the tile's prediction stale."""
+    features = store.require_done(INPUT_STAGE, year, tile.tile_id)
+    _, _, attempt = load_stored_model(store, store.product, cfg.model_version)
+    return prediction_params_hash(tile, year, attempt, features.params_hash)
+
+
+def prediction_tile(
+    store: TileStore, tile: Tile, year: int, cfg: PredictionConfig, model_name: str | None = None
+) -> DoneRecord:
+    """Predict one tile-year with the stored model and store labels, probabilities and confidence.
+
+    The model is the store's product's (or `model_name`), in its current version or the one
+    `cfg.model_version` pins; the version is recorded with the output.
+    """
+    model_name = model_name or store.product
+    booster, metadata, attempt = load_stored_model(store, model_name, cfg.model_version)
     features = store.open_tile(INPUT_STAGE, year, tile.tile_id)
     dates = features.coord("time")
     check_features_match(metadata, list(features.coord("feature")), dates, f"tile {tile.tile_id}/{year}")
     classes = np.array(metadata["classes"], dtype=np.uint8)
     coords = {"class": classes}
-    attrs = {"model": model_name, "model_attempt": attempt, "legend": metadata["legend"]}
+    attrs = {"model": model_name, "model_attempt": attempt, "model_version": attempt, "legend": metadata["legend"]}
     tile_hash = prediction_params_hash(tile, year, attempt, features.record.params_hash)
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs) as writer:
         for region, _ in tile.grid.blocks(cfg.block_size):
@@ -109,4 +126,4 @@ def prediction_tile(store: TileStore, tile: Tile, year: int, cfg: PredictionConf
             writer.write("labels", labels, region)
             writer.write("probabilities", percent, region)
             writer.write("confidence", percent.max(axis=2), region)
-        return writer.commit(extra={"model": model_name, "model_attempt": attempt})
+        return writer.commit(extra={"model": model_name, "model_attempt": attempt, "model_version": attempt})

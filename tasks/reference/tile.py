@@ -41,6 +41,12 @@ def reference_params_hash(cfg: ReferenceConfig, tile: Tile, year: int, version: 
     return params_hash(cfg, tile.grid.to_attrs(), year, version)
 
 
+def reference_tile_hash(store: TileStore, tile: Tile, year: int, cfg: ReferenceConfig) -> str:
+    """Includes the reference file's version, so an edited file makes the labels stale."""
+    cfg = cfg.for_year(year)  # the year's own file when the reference differs per year
+    return reference_params_hash(cfg, tile, year, reference_version(cfg, store.storage_options))
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(cfg_json: str, options_json: str) -> gpd.GeoDataFrame:
     cfg = ReferenceConfig.model_validate_json(cfg_json)
@@ -53,8 +59,15 @@ def reference_polygons(cfg: ReferenceConfig, storage_options: dict | None = None
     return _load_cached(cfg.model_dump_json(), json.dumps(storage_options or {}, sort_keys=True))
 
 
-def reference_tile(store: TileStore, tile: Tile, year: int, cfg: ReferenceConfig, version: dict) -> DoneRecord:
-    """Rasterise and erode the reference on one tile; a tile outside the reference gets all no data."""
+def reference_tile(
+    store: TileStore, tile: Tile, year: int, cfg: ReferenceConfig, version: dict | None = None
+) -> DoneRecord:
+    """Rasterise and erode the reference on one tile; a tile outside the reference gets all no data.
+
+    With a reference per year (`reference.paths`, or '{year}' in `reference.path`), `year`'s file.
+    """
+    cfg = cfg.for_year(year)
+    version = version if version is not None else reference_version(cfg, store.storage_options)
     polygons = reference_polygons(cfg, store.storage_options)
     labels = rasterize_reference(polygons, tile.grid)
     eroded = erode_labels(labels, cfg.erosion_px) if cfg.erosion_px else labels.copy()

@@ -1,6 +1,8 @@
-"""The report as a self-contained HTML page: map thumbnails (PNG), bar charts and a transition heat map (SVG).
+"""The report as an HTML page: map thumbnails (PNG files beside it) and charts embedded in the page.
 
-No JavaScript libraries and no network: the page opens from a folder, a bucket or a Prefect
+The charts (class areas per year, the transition heat map) are drawn by tasks/plots.py and
+embedded as PNG data URIs; the thumbnails are PNG files in the report's folder, linked from the
+page. No JavaScript libraries and no network: the page opens from a folder, a bucket or a Prefect
 artifact link alike. `screenshot` renders it in headless Chromium (tests and `lcms report
 --screenshot` use it to check that the page really renders).
 """
@@ -15,18 +17,16 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
-from markupsafe import Markup
+from matplotlib.figure import Figure
 from PIL import Image
 
 from lcms.grid import Tile
-from lcms.legend import LegendClass
-from lcms.store import TileStore, change_key
+from lcms.legend import LegendClass, hex_to_rgb, lighten
+from lcms.stages import change_key
+from lcms.store import TileStore
+from tasks import plots
 
 # --------------------------------------------------------------------------- thumbnails
-
-
-def _rgb(color: str) -> tuple[int, int, int]:
-    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def zone_mosaic(tiles: list[Tile], read, longest_px: int) -> np.ndarray:
@@ -57,7 +57,7 @@ def colorize(codes: np.ndarray, colors: dict[int, str], min_px: int = 320) -> Im
     """An RGB image of class codes (0 = white), enlarged with nearest sampling to at least `min_px` wide."""
     palette = np.full((256, 3), 255, dtype=np.uint8)
     for code, color in colors.items():
-        palette[code] = _rgb(color)
+        palette[code] = hex_to_rgb(color)
     image = Image.fromarray(palette[codes], mode="RGB")
     scale = max(1, math.ceil(min_px / max(1, codes.shape[1])))
     return image.resize((codes.shape[1] * scale, codes.shape[0] * scale), Image.Resampling.NEAREST)
@@ -104,89 +104,32 @@ def write_thumbnails(
     return thumbnails
 
 
-# --------------------------------------------------------------------------- SVG charts
+# --------------------------------------------------------------------------- charts
 
 
-def _esc(text: str) -> str:
-    return str(jinja2.utils.markupsafe.escape(text))
-
-
-def bar_chart_svg(
-    legend: list[LegendClass], areas: dict[int, dict[int, float]], width: int = 760, bar_h: int = 12
-) -> str:
-    """Grouped horizontal bars: one group per class, one bar per year (later years lighter)."""
+def class_areas_figure(legend: list[LegendClass], areas: dict[int, dict[int, float]]) -> Figure:
+    """Grouped horizontal bars: one group per class that has an area, one bar per year (later years lighter)."""
     years = list(areas)
-    codes = [c.code for c in legend if any(areas[y].get(c.code, 0) > 0 for y in years)]
-    if not codes:
-        return '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="30"><text x="4" y="20">no data</text></svg>'
-    label_w, pad = 170, 6
-    group_h = bar_h * len(years) + pad * 2
-    vmax = max(areas[y].get(c, 0) for y in years for c in codes) or 1.0
-    plot_w = width - label_w - 90
-    names = {c.code: c for c in legend}
-    parts = []
-    for i, code in enumerate(codes):
-        y0 = 20 + i * group_h
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y0 + group_h / 2 + 4}" text-anchor="end">{_esc(names[code].name)}</text>'
+    rows = [c for c in legend if any(areas[y].get(c.code, 0) > 0 for y in years)]
+    series = [
+        (
+            str(year),
+            [float(areas[year].get(c.code, 0.0)) for c in rows],
+            [lighten(c.color, 0.45 * j / max(1, len(years) - 1)) for c in rows],
         )
-        for j, year in enumerate(years):
-            value = areas[year].get(code, 0.0)
-            w = plot_w * value / vmax
-            opacity = 1.0 - 0.45 * j / max(1, len(years) - 1)
-            y = y0 + pad + j * bar_h
-            parts.append(
-                f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h - 2}" fill="{names[code].color}" '
-                f'fill-opacity="{opacity:.2f}" stroke="#333" stroke-width="0.5"><title>{year}: {value:.1f} ha</title>'
-                "</rect>"
-            )
-            parts.append(
-                f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 3}" font-size="10">{year}: {value:,.1f} ha</text>'
-            )
-    height = 30 + len(codes) * group_h
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="12">' + "".join(parts) + "</svg>"
-    )
+        for j, year in enumerate(years)
+    ]
+    return plots.barh_figure([c.name for c in rows], series, "Class areas per year", "ha", value_fmt="{:,.1f} ha")
 
 
-def heatmap_svg(legend: list[LegendClass], matrix: list[list[float]], cell: int = 56) -> str:
+def transitions_figure(legend: list[LegendClass], matrix: list[list[float]], years: tuple[int, int]) -> Figure:
     """The from → to matrix in hectares: rows the earlier year, columns the later one; log colour scale."""
-    names = [c.name for c in legend]
-    n = len(names)
-    label_w, top = 150, 130
-    values = np.asarray(matrix, dtype=float)
-    off_diagonal = values[~np.eye(n, dtype=bool)] if n > 1 else values.ravel()
-    vmax = float(off_diagonal.max()) if off_diagonal.size and off_diagonal.max() > 0 else 1.0
-    parts = []
-    for j, name in enumerate(names):
-        x = label_w + j * cell + cell / 2
-        parts.append(f'<text transform="translate({x},{top - 6}) rotate(-45)" font-size="11">{_esc(name)}</text>')
-    for i, name in enumerate(names):
-        y = top + i * cell
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + cell / 2 + 4}" text-anchor="end" font-size="11">{_esc(name)}</text>'
-        )
-        for j in range(n):
-            v = values[i, j]
-            if i == j:
-                fill, ink = "#f0f0f0", "#555"
-            else:
-                t = math.log1p(v) / math.log1p(vmax) if v > 0 else 0.0
-                fill = f"rgb({255 - int(40 * t)},{int(255 * (1 - t) ** 1.3)},{int(255 * (1 - t))})"
-                ink = "#fff" if t > 0.6 else "#222"
-            parts.append(
-                f'<rect x="{label_w + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
-                f"<title>{_esc(names[i])} → {_esc(names[j])}: {v:.2f} ha</title></rect>"
-            )
-            parts.append(
-                f'<text x="{label_w + j * cell + cell / 2 - 1}" y="{y + cell / 2 + 4}" text-anchor="middle" '
-                f'font-size="10" fill="{ink}">{v:,.1f}</text>'
-            )
-    size_w, size_h = label_w + n * cell + 80, top + n * cell + 10  # room for the last rotated label
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{size_w}" height="{size_h}" '
-        f'font-family="sans-serif">' + "".join(parts) + "</svg>"
+    return plots.transition_figure(
+        matrix,
+        [c.name for c in legend],
+        from_label=f"class in {years[0]}",
+        to_label=f"class in {years[1]}",
+        title=f"Transitions {years[0]} → {years[1]} (ha)",
     )
 
 
@@ -204,6 +147,7 @@ PAGE = jinja2.Template(
  table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
  th, td { border: 1px solid #ccc; padding: 3px 8px; } td.n { text-align: right; }
  .thumbs { display: flex; flex-wrap: wrap; gap: 16px; } figure { margin: 0; }
+ img.chart { max-width: 100%; }
  figcaption { font-size: 13px; text-align: center; } .key span { display: inline-block; width: 12px; height: 12px;
  margin: 0 4px 0 12px; border: 1px solid #555; vertical-align: middle; } .note { color: #666; font-size: 13px; }
 </style>
@@ -234,7 +178,7 @@ PAGE = jinja2.Template(
 </div>
 
 <h2 id="areas">Class areas per year</h2>
-{{ bar_chart }}
+<img class="chart" id="areas-chart" src="{{ bar_chart }}" alt="Class areas per year (ha)">
 {% if data.region_areas_ha %}
 <h2 id="regions">Class areas per region</h2>
 {% for y, regions in data.region_areas_ha.items() %}<h3>{{ y }}</h3>
@@ -248,7 +192,7 @@ PAGE = jinja2.Template(
 <p class="note">Rows: class in {{ data.change_years[0] }}; columns: class in {{ data.change_years[1] }}. The diagonal
 is unchanged land. Map transitions include classification noise; the change polygons below are filtered by confidence
 and size.</p>
-{{ heatmap }}
+{% if heatmap %}<img class="chart" id="transitions-chart" src="{{ heatmap }}" alt="Transitions (ha)">{% endif %}
 <h2 id="changes">Detected changes</h2>
 <p>{{ data.change_summary.polygons }} change polygons, {{ "{:,.2f}".format(data.change_summary.area_ha) }} ha.</p>
 {% if data.change_summary.transitions %}<table id="change-transitions"><tr><th>from</th><th>to</th><th>polygons</th>
@@ -278,11 +222,15 @@ and size.</p>
 
 <p class="note">Files: {% for f in files %}<a href="{{ f }}">{{ f }}</a> {% endfor %}</p>
 <script>
- // Marks the page once every thumbnail has loaded, so a headless browser check can see it.
+ // Marks the page once every thumbnail (and, apart, every chart) has loaded, for a headless browser check.
  window.addEventListener("load", () => {
-   const images = [...document.images];
-   document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
-   document.body.dataset.images = images.length;
+   const loaded = images => images.filter(i => i.complete && i.naturalWidth > 0).length;
+   const thumbnails = [...document.querySelectorAll(".thumbs img")];
+   const charts = [...document.querySelectorAll("img.chart")];
+   document.body.dataset.imagesLoaded = loaded(thumbnails);
+   document.body.dataset.images = thumbnails.length;
+   document.body.dataset.chartsLoaded = loaded(charts);
+   document.body.dataset.charts = charts.length;
  });
 </script>
 </body>
@@ -293,14 +241,17 @@ and size.</p>
 
 
 def render_html(data, files: list[str]) -> str:
+    """The page: tables from `data`, the charts embedded as PNG data URIs, links to `files`."""
     legend_rows = [c for c in data.legend if any(data.class_areas_ha[y].get(c.code, 0) > 0 for y in data.years)]
-    heatmap = heatmap_svg(data.legend, data.transitions_ha) if data.transitions_ha is not None else ""
+    heatmap = ""
+    if data.transitions_ha is not None and data.change_years:
+        heatmap = plots.png_data_uri(transitions_figure(data.legend, data.transitions_ha, data.change_years))
     return PAGE.render(
         data=data,
         legend_rows=legend_rows,
         change_key=CHANGE_KEY,
-        bar_chart=Markup(bar_chart_svg(legend_rows, data.class_areas_ha)),
-        heatmap=Markup(heatmap),
+        bar_chart=plots.png_data_uri(class_areas_figure(legend_rows, data.class_areas_ha)),
+        heatmap=heatmap,
         files=files,
     )
 

@@ -40,15 +40,12 @@ def sampling_params_hash(cfg: SamplingConfig, tile: Tile, year: int, input_hashe
 
 def input_hashes(store: TileStore, tile_id: str, year: int) -> dict[str, str]:
     """The params hashes of the features and reference this tile-year's samples are made from."""
-    hashes = {}
-    for stage in INPUT_STAGES:
-        record = store.done_record(stage, year, tile_id)
-        if record is None:
-            raise FileNotFoundError(
-                f"tile {tile_id} has no finished {stage} output for {year}; run `lcms {stage} CONFIG` first"
-            )
-        hashes[stage] = record.params_hash
-    return hashes
+    return {stage: store.require_done(stage, year, tile_id).params_hash for stage in INPUT_STAGES}
+
+
+def sampling_tile_hash(store: TileStore, tile: Tile, year: int, cfg: SamplingConfig) -> str:
+    """Includes the features and reference it reads: redoing either makes the samples stale."""
+    return sampling_params_hash(cfg, tile, year, input_hashes(store, tile.tile_id, year))
 
 
 def eligible_mask(labels: np.ndarray, no_valid: np.ndarray, tile: Tile) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Training stage, AOI level: a model from the merged dataset, validated on its test split.
 
 Plain functions, no Prefect: the flow in flows/training.py wraps them. The model-level work
-(LightGBM, files, metrics, plots) is in tasks/training/model.py; this module reads the merged
-dataset, checks that it can train a classifier, and stores the result as one file product:
+(LightGBM, model files) is in tasks/training/model.py, the validation (metrics, plots) in
+tasks/training/metrics.py; this module reads the merged dataset, checks that it can train a
+classifier, and stores the result as one file product:
 ``training/<name>/`` with model.txt, model.json, metrics.json, metrics.md and the PNG plots.
 """
 
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from lcms.config import TrainingConfig, params_hash
+from lcms.layout import SPLIT_CODES
 from lcms.legend import LegendClass
-from lcms.store import SPLIT_CODES, DoneRecord, TileStore
+from lcms.store import DoneRecord, TileStore
 from tasks.features.tile import unpack
-from tasks.training.model import METADATA_FILE, evaluate, load_model, metrics_markdown, save_model, train_model
+from tasks.training.metrics import evaluate, metrics_markdown
+from tasks.training.model import METADATA_FILE, load_model, save_model, train_model
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,9 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
     return record, metrics
 
 
-def fetch_model(store: TileStore, name: str, folder: Path):
-    """The stored model `name` as (booster, metadata), downloaded into a local folder."""
-    store.get_files(STAGE, name, folder)
+def fetch_model(store: TileStore, name: str, folder: Path, version: str | None = None):
+    """The stored model `name` (its current version, or `version`) as (booster, metadata), via a local folder."""
+    store.get_files(STAGE, name, folder, version)
     if not (Path(folder) / METADATA_FILE).exists():
         raise TrainingError(f"the stored model {name!r} lacks {METADATA_FILE}; rerun the training stage")
     return load_model(folder)

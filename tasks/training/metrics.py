@@ -1,0 +1,224 @@
+"""Training stage, validation: a model's scores on a test set, `metrics.json` and the validation plots.
+
+Plain functions, no Prefect; files are written only into the folder given by the caller.
+
+- `evaluate`: accuracy, kappa, F1, per-class precision/recall/F1/AUC, confusion matrices and
+  gain importance, written to `metrics.json`, and the PNG plots of `PLOT_FILES` (drawn by
+  tasks/plots.py): confusion matrices normalised both ways, one-vs-rest ROC curves, feature
+  importance (date × feature heat map when the features have dates) and class frequencies.
+- `metrics_markdown`: a short markdown summary of the metrics (e.g. for a Prefect artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from lcms.legend import lighten
+from tasks import plots
+from tasks.training.model import as_labels, as_matrix, codes_of, predict_proba
+
+METRICS_FILE = "metrics.json"
+
+PLOT_FILES = (
+    "confusion_matrix_recall.png",
+    "confusion_matrix_precision.png",
+    "roc_curves.png",
+    "feature_importance.png",
+    "class_frequency.png",
+)
+
+
+def _split_feature_names(names: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(dates, kinds) from "FEATURE@DATE" names, or None if any name lacks the '@'."""
+    if not all("@" in n for n in names):
+        return None
+    parts = [n.rsplit("@", 1) for n in names]
+    return [p[1] for p in parts], [p[0] for p in parts]
+
+
+def _importance_layout(
+    features: Sequence[str], feature_dates: Sequence[str] | None, feature_kinds: Sequence[str] | None
+) -> tuple[list[str], list[str]] | None:
+    """(date, kind) of every feature column, from the arguments or the names; None: no dates."""
+    if (feature_dates is None) != (feature_kinds is None):
+        raise ValueError("give both feature_dates and feature_kinds, or neither")
+    if feature_dates is None or feature_kinds is None:
+        return _split_feature_names(features)
+    if len(feature_dates) != len(features) or len(feature_kinds) != len(features):
+        raise ValueError(
+            f"feature_dates ({len(feature_dates)}) and feature_kinds ({len(feature_kinds)}) need one entry "
+            f"per feature column ({len(features)})"
+        )
+    return [str(d) for d in feature_dates], [str(k) for k in feature_kinds]
+
+
+def feature_importance_figure(
+    features: Sequence[str],
+    gain: np.ndarray,
+    feature_dates: Sequence[str] | None = None,
+    feature_kinds: Sequence[str] | None = None,
+) -> Figure:
+    """Gain importance in % of the total: a date × feature heat map, or sorted bars for features without dates."""
+    total = float(gain.sum()) or 1.0
+    share = 100 * np.asarray(gain, dtype=np.float64) / total
+    layout = _importance_layout(features, feature_dates, feature_kinds)
+    if layout is None:
+        order = np.argsort(-share, kind="stable")
+        return plots.barh_figure(
+            [features[i] for i in order],
+            [("gain", [float(share[i]) for i in order], ["#4c72b0"] * len(order))],
+            "Feature importance (gain, % of total)",
+            "% of total gain",
+        )
+    dates, kinds = layout
+    date_axis = list(dict.fromkeys(dates))
+    kind_axis = list(dict.fromkeys(kinds))
+    m = np.full((len(date_axis), len(kind_axis)), np.nan)
+    for d, k, v in zip(dates, kinds, share, strict=True):
+        i, j = date_axis.index(d), kind_axis.index(k)
+        m[i, j] = v if np.isnan(m[i, j]) else m[i, j] + v
+    return plots.importance_figure(m, date_axis, kind_axis)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def evaluate(
+    booster: lgb.Booster,
+    metadata: dict,
+    X_test: Any,
+    y_test: Any,
+    folder: Path,
+    feature_dates: Sequence[str] | None = None,
+    feature_kinds: Sequence[str] | None = None,
+    *,
+    y_train: Any = None,
+) -> dict:
+    """Score the model on a test set; write folder/metrics.json and the PNG plots; return the metrics.
+
+    `feature_dates`/`feature_kinds` (one per feature column) lay the gain importance out as a
+    date × feature heat map; without them it is parsed from "FEATURE@DATE" column names, and
+    other names give a bar chart. `y_train` adds the training counts to class_frequency.png.
+    """
+    folder = Path(folder)
+    classes = [int(c) for c in metadata["classes"]]
+    legend = {e["code"]: e for e in metadata["legend"]}
+    names = [legend[c]["name"] for c in classes]
+    colors = [legend[c]["color"] for c in classes]
+    features = list(metadata["feature_names"])
+
+    X_test = as_matrix(X_test, features, "X_test")
+    y_test = as_labels(y_test, X_test.shape[0], "y_test")
+    unknown = np.setdiff1d(np.unique(y_test), classes)
+    if unknown.size:
+        raise ValueError(f"test labels {unknown.tolist()} are not among the model's classes {classes}")
+    proba = predict_proba(booster, metadata, X_test)
+    y_pred = codes_of(proba, classes).astype(np.int64)
+
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_test, y_pred, labels=classes, zero_division=0
+    )
+    cm = skm.confusion_matrix(y_test, y_pred, labels=classes)
+    cm_recall = skm.confusion_matrix(y_test, y_pred, labels=classes, normalize="true")
+    cm_precision = skm.confusion_matrix(y_test, y_pred, labels=classes, normalize="pred")
+
+    auc: dict[str, float | None] = {}
+    roc: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    for i, (code, name) in enumerate(zip(classes, names, strict=True)):
+        positive = y_test == code
+        if positive.all() or not positive.any():
+            auc[name] = None  # undefined without both positives and negatives
+            continue
+        fpr, tpr, _ = skm.roc_curve(positive, proba[:, i])
+        auc[name] = float(skm.roc_auc_score(positive, proba[:, i]))
+        roc.append((f"{name} (AUC {auc[name]:.3f})", legend[code]["color"], fpr, tpr))
+
+    num_iteration = metadata.get("num_iteration") or None
+    gain = booster.feature_importance(importance_type="gain", iteration=num_iteration).astype(np.float64)
+
+    metrics: dict[str, Any] = {
+        "n_samples": int(len(y_test)),
+        "classes": classes,
+        "class_names": names,
+        "overall_accuracy": float(skm.accuracy_score(y_test, y_pred)),
+        "kappa": _r(float(skm.cohen_kappa_score(y_test, y_pred, labels=classes))),
+        "macro_f1": float(skm.f1_score(y_test, y_pred, labels=classes, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(y_test, y_pred, labels=classes, average="weighted", zero_division=0)),
+        "per_class": {
+            name: {
+                "code": code,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "auc": auc[name],
+            }
+            for i, (code, name) in enumerate(zip(classes, names, strict=True))
+        },
+        "auc": auc,
+        "confusion_matrix": cm.tolist(),  # rows: reference, columns: prediction, in `classes` order
+        "confusion_matrix_recall": cm_recall.tolist(),  # rows sum to 1 (normalize="true")
+        "confusion_matrix_precision": cm_precision.tolist(),  # columns sum to 1 (normalize="pred")
+        "feature_importance_gain": dict(zip(features, gain.tolist(), strict=True)),
+        "num_iteration": metadata.get("num_iteration"),
+        "plots": list(PLOT_FILES),
+    }
+
+    importance = feature_importance_figure(features, gain, feature_dates, feature_kinds)  # checks the dates first
+    series: list[plots.BarSeries] = []
+    if y_train is not None:
+        y_tr = np.asarray(y_train).reshape(-1)
+        series.append(("train", [int(np.sum(y_tr == c)) for c in classes], colors))
+    series.append(("test", [int(s) for s in support], [lighten(c) for c in colors] if series else colors))
+    figures = {
+        "confusion_matrix_recall.png": plots.confusion_matrix_figure(
+            cm_recall, names, "Confusion matrix, normalised by reference (recall on the diagonal)"
+        ),
+        "confusion_matrix_precision.png": plots.confusion_matrix_figure(
+            cm_precision, names, "Confusion matrix, normalised by prediction (precision on the diagonal)"
+        ),
+        "roc_curves.png": plots.roc_figure(roc, "ROC curves, one vs rest"),
+        "feature_importance.png": importance,
+        "class_frequency.png": plots.barh_figure(names, series, "Class frequency", "samples"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PLOT_FILES:
+        plots.save_png(figures[name], folder / name)
+
+    (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """A short markdown summary of `evaluate`'s metrics (e.g. for a Prefect artifact)."""
+
+    def f(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = [
+        "## Model validation",
+        "",
+        f"- samples: {metrics['n_samples']}",
+        f"- overall accuracy: **{f(metrics['overall_accuracy'])}**",
+        f"- kappa: {f(metrics['kappa'])}",
+        f"- macro F1: {f(metrics['macro_f1'])}, weighted F1: {f(metrics['weighted_f1'])}",
+        "",
+        "| class | code | precision | recall | F1 | AUC | support |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {m['code']} | {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | "
+            f"{f(m['auc'])} | {m['support']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -338,6 +338,14 @@ def _create_table(cur, schema: str, table: str, srid: int) -> None:
 # --------------------------------------------------------------------------------------------- write
 
 
+# Rows of the given (tile, year_from, year_to) keys, with the keys passed as three arrays (_key_arrays).
+_IN_KEYS = "(tile_id, year_from, year_to) IN (SELECT * FROM unnest(%s::text[], %s::int[], %s::int[]))"
+
+
+def _key_arrays(keys) -> tuple[list, list, list]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+
+
 def write_changes_postgis(
     changes: gpd.GeoDataFrame,
     dsn: str,
@@ -380,11 +388,8 @@ def write_changes_postgis(
             deleted = 0
             if keys:
                 deleted = cur.execute(
-                    sql.SQL(
-                        "DELETE FROM {t} WHERE status = %s AND (tile_id, year_from, year_to) IN "
-                        "(SELECT * FROM unnest(%s::text[], %s::int[], %s::int[]))"
-                    ).format(t=ident),
-                    (UNREVIEWED, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+                    sql.SQL("DELETE FROM {t} WHERE status = %s AND " + _IN_KEYS).format(t=ident),
+                    (UNREVIEWED, *_key_arrays(keys)),
                 ).rowcount
             written = 0
             if rows:
@@ -422,11 +427,8 @@ def write_changes_postgis(
             kept = 0
             if keys:
                 kept = cur.execute(
-                    sql.SQL(
-                        "SELECT count(*) FROM {t} WHERE status <> %s AND (tile_id, year_from, year_to) IN "
-                        "(SELECT * FROM unnest(%s::text[], %s::int[], %s::int[]))"
-                    ).format(t=ident),
-                    (UNREVIEWED, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+                    sql.SQL("SELECT count(*) FROM {t} WHERE status <> %s AND " + _IN_KEYS).format(t=ident),
+                    (UNREVIEWED, *_key_arrays(keys)),
                 ).fetchone()[0]
     except ChangeStoreError:
         raise

@@ -22,11 +22,12 @@ test: $(VENV)/.installed system-deps
 	$(VENV)/bin/pytest
 
 # Debian packages some tests start: Chromium renders the report and, driven by Playwright (the test extra, which
-# never downloads a browser of its own), the Prefect UI's run form; PostgreSQL + PostGIS store change polygons.
+# never downloads a browser of its own), the Prefect UI's run form; PostgreSQL + PostGIS store change polygons;
+# gdalinfo checks the exported COGs.
 # Needs root (or sudo); skipped when the commands are already there.
-SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3
+SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3 gdal-bin
 system-deps:
-	@if command -v chromium >/dev/null && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then \
+	@if command -v chromium >/dev/null && command -v gdalinfo >/dev/null && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then \
 		echo "system packages present"; \
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

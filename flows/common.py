@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,30 +29,30 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask import DaskTaskRunner
-from rich.progress import Progress
 
 from flows.parameters import run_namer, stage_flow_function
-from lcms import lineage
+from lcms import lineage, logs
 from lcms.cluster import dask_cluster
-from lcms.config import AoiConfig, RunConfig, StoreConfig, TileSubset, params_hash
-from lcms.grid import AreaGrid, Tile, TileSelectionError, build_grid, load_aoi
-from lcms.stages import Stage, get_stage
-from lcms.store import StoreError, TileStore
+from lcms.config import RunConfig, StoreConfig, TileSubset
+from lcms.grid import AreaGrid, Tile, TileSelectionError
+from lcms.selection import (  # noqa: F401  (re-exported: the flows' checks live in lcms/selection.py)
+    GridMismatchError,
+    StageInputError,
+    load_grid,
+    prepare_stage,
+    require_inputs,
+    require_stage_inputs,
+    select_tiles,
+)
+from lcms.stages import Stage
+from lcms.store import TileStore
 from tasks.download.errors import retry_condition
 
 log = logging.getLogger(__name__)
 
 
-class GridMismatchError(StoreError):
-    """The store holds a grid made with other AOI or grid settings than the config's."""
-
-
 class TileFailures(RuntimeError):
     """Some tiles failed; the message lists them."""
-
-
-class StageInputError(StoreError):
-    """A stage was started before the stage it reads from had finished the tiles it needs."""
 
 
 @dataclass(frozen=True)
@@ -64,63 +65,6 @@ class TileOutcome:
     status: str
     seconds: float
     error: str = ""
-
-
-# --------------------------------------------------------------------------- store and grid
-
-
-def prepare_stage(config: RunConfig, subset: TileSubset) -> tuple[TileStore, AreaGrid]:
-    """Everything a stage checks before work starts: the AOI and grid, the subset, a writable store.
-
-    The order matters: inputs are read and checked first, so that a bad AOI or subset
-    fails before anything is written to the store.
-    """
-    store = TileStore.from_config(config.store, config.product)
-    tiles = select_tiles(load_grid(config, store), subset)
-    store.ensure_writable()
-    return store, tiles
-
-
-def grid_params_hash(config: RunConfig) -> str:
-    return params_hash(config.aoi, config.grid)
-
-
-def load_grid(config: RunConfig, store: TileStore, rebuild: bool = False) -> AreaGrid:
-    """The store's grid; built and written first if the store has none (or `rebuild`)."""
-    wanted = grid_params_hash(config)
-    stored = store.grid_params_hash()
-    if stored is None or rebuild:
-        grid = build_grid(load_aoi(config.aoi), config.grid)  # a bad AOI fails here, before any write
-        store.ensure_writable()
-        store.write_grid(grid, wanted)
-        return grid
-    if stored != wanted:
-        raise GridMismatchError(
-            f"store {store.url} holds a grid built from other aoi/grid settings than this config's. "
-            "Use a new store.url, or rebuild it with `lcms grid CONFIG --overwrite` "
-            "(tiles already in the store would then no longer match the grid)."
-        )
-    return store.read_grid()
-
-
-def select_tiles(grid: AreaGrid, subset: TileSubset) -> AreaGrid:
-    """The tiles of `grid` that `subset` asks for (all of them by default)."""
-    if subset.is_all:
-        return grid
-    geometry = load_aoi(AoiConfig(path=subset.aoi_path)) if subset.aoi_path else None
-    return grid.select(tile_ids=subset.tile_ids, geometry=geometry, bbox=subset.bbox)
-
-
-def require_inputs(store: TileStore, input_stage: str, stage: str, tile_ids: list[str], years: list[int]) -> None:
-    """Fail before any work when `input_stage` is not done for every selected tile-year."""
-    done = {year: store.done_tiles(input_stage, year) for year in years}  # one listing per year
-    missing = [f"{t}/{y}" for y in years for t in tile_ids if t not in done[y]]
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise StageInputError(
-            f"the {stage} stage reads the {input_stage} stage's output, which is missing for "
-            f"{len(missing)} tile-year(s): {shown}. Run `lcms {input_stage} CONFIG` for them first."
-        )
 
 
 # --------------------------------------------------------------------------- cluster
@@ -143,23 +87,26 @@ def task_runner(config: RunConfig, scheduler_address: str | None = None) -> Iter
 def collect(
     stage: str, futures: dict[PrefectFuture, tuple[str, int | str]], show_progress: bool = False
 ) -> list[TileOutcome]:
-    """Wait for every tile task; a failed tile is recorded, not raised, so the others finish."""
+    """Wait for every tile task, logging one line per tile as it ends; a failed tile is recorded,
+    not raised, so the others finish."""
+    logger = get_run_logger()
     outcomes = []
-    with Progress(disable=not show_progress, transient=True) as progress:
-        bar = progress.add_task(f"{stage}: tiles", total=len(futures))
+    with logs.StageProgress(stage, len(futures), enabled=show_progress) as progress:
         for future in as_completed(list(futures)):
             tile_id, year = futures[future]
             result = future.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 outcome = TileOutcome(stage, tile_id, year, "failed", 0.0, f"{type(result).__name__}: {result}")
+                logger.error("%s %s/%s failed: %s", stage, tile_id, year, outcome.error)
             else:
                 outcome = TileOutcome(stage, tile_id, year, result["status"], result["seconds"])
+                logger.info("%s %s/%s %s in %.1f s", stage, tile_id, year, outcome.status, outcome.seconds)
             outcomes.append(outcome)
-            progress.advance(bar)
+            progress.advance()
     return sorted(outcomes, key=lambda o: (str(o.year), o.tile_id))
 
 
-def finish_stage(config: RunConfig, stage: str, outcomes: list[TileOutcome]) -> dict:
+def finish_stage(config: RunConfig, stage: str, outcomes: list[TileOutcome], seconds: float = 0.0) -> dict:
     """Publish the tile table as a Prefect artifact; fail the stage if tiles failed (by config)."""
     logger = get_run_logger()
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
@@ -168,15 +115,27 @@ def finish_stage(config: RunConfig, stage: str, outcomes: list[TileOutcome]) -> 
         table=[asdict(o) for o in outcomes],
         description=f"{stage}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed",
     )
-    logger.info("%s: %s", stage, counts)
+    logs.summary(
+        logger,
+        "%s: %d tile-years: %d done, %d skipped, %d failed in %.1f s",
+        stage,
+        len(outcomes),
+        counts["done"],
+        counts["skipped"],
+        counts["failed"],
+        seconds,
+    )
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         listing = "; ".join(f"{o.tile_id}/{o.year}: {o.error}" for o in failed[:10])
-        message = f"{stage}: {len(failed)} of {len(outcomes)} tile-years failed ({listing})"
+        message = (
+            f"{stage}: {len(failed)} of {len(outcomes)} tile-years failed ({listing}); "
+            f"their logs: `lcms tiles CONFIG --stage {stage} --failed`"
+        )
         if config.fail_on_tile_errors:
             raise TileFailures(message + ". Rerun the stage to retry them; finished tiles are skipped.")
         logger.warning(message)
-    return {"stage": stage, **counts, "tiles": len(outcomes)}
+    return {"stage": stage, **counts, "tiles": len(outcomes), "seconds": round(seconds, 1)}
 
 
 # --------------------------------------------------------------------------- the flow factories
@@ -187,44 +146,6 @@ Check = Callable[[RunConfig, TileSubset], None]
 Secrets = Callable[[Any], dict[str, Any]]
 # What an AOI-level stage does once checks pass: (config, store, tiles, overwrite) -> summary dict.
 AoiBody = Callable[[RunConfig, TileStore, AreaGrid, bool], dict]
-
-
-def require_stage_inputs(stage: Stage, config: RunConfig, store: TileStore, tiles: AreaGrid) -> None:
-    """Fail before any work when a tile-level input of `stage` is missing for a selected tile.
-
-    AOI-level inputs (a merged dataset, a model, a polygon layer) are checked by the stage itself.
-    """
-    for name in stage.inputs(config):
-        keys = stage.input_store_keys(name, config)
-        if keys is not None:
-            require_inputs(store, name, stage.name, tiles.tile_ids, keys)
-
-
-def tiles_with_inputs(stage: Stage, config: RunConfig, store: TileStore, grid: AreaGrid) -> AreaGrid:
-    """The tiles of `grid` whose tile-level inputs of `stage` are all done (one listing per stage and key)."""
-    ready = set(grid.tile_ids)
-    for name in stage.inputs(config):
-        for key in stage.input_store_keys(name, config) or []:
-            ready &= set(store.done_tiles(name, key))
-    return grid.select(tile_ids=[t for t in grid.tile_ids if t in ready])
-
-
-def aoi_inputs(stage: Stage, config: RunConfig, store: TileStore, tiles: AreaGrid) -> list[dict]:
-    """The done marks an AOI-level output reads: every tile input of its tiles, and the AOI products."""
-    entries = []
-    for name in stage.reads:
-        keys = stage.input_store_keys(name, config)
-        if keys is None:
-            source = get_stage(name)
-            product = source.product_of(config) if source.product_of is not None else None
-            record = store.product_record(name, product) if product else None
-            if record is not None:
-                entries.append(lineage.input_entry(name, "-", product, record))
-            continue
-        for key in keys:
-            done = store.done_tiles(name, key)
-            entries += [lineage.input_entry(name, key, t, done[t]) for t in tiles.tile_ids if t in done]
-    return entries
 
 
 def _key_label(key: int | tuple[int, int]) -> str:
@@ -269,7 +190,7 @@ def tile_stage_flow(stage: Stage, *, check: Check | None = None, secrets: Secret
         }
         return collect(stage.name, futures, show_progress)
 
-    tiles_flow = flow(name=f"{stage.name}-tiles")(tiles_body)
+    tiles_flow = flow(name=f"{stage.name}-tiles", flow_run_name=f"{stage.name} tiles")(tiles_body)
 
     def stage_body(
         config: RunConfig,
@@ -282,9 +203,10 @@ def tile_stage_flow(stage: Stage, *, check: Check | None = None, secrets: Secret
             check(config, subset)
         store, tiles = prepare_stage(config, subset)
         require_stage_inputs(stage, config, store, tiles)
+        start = time.perf_counter()
         with task_runner(config, scheduler_address) as runner:
             outcomes = tiles_flow.with_options(task_runner=runner)(config, tiles.tile_ids, overwrite, show_progress)
-        result = finish_stage(config, stage.name, outcomes)
+        result = finish_stage(config, stage.name, outcomes, time.perf_counter() - start)
         return after(config, store, tiles, result) if after is not None else result
 
     return _named_flow(stage, stage_body)
@@ -312,12 +234,24 @@ def aoi_stage_flow(stage: Stage, body: AoiBody, *, check: Check | None = None):
             check(config, subset)
         store, tiles = prepare_stage(config, subset)
         require_stage_inputs(stage, config, store, tiles)
-        if stage.covers_grid(config):
-            tiles = tiles_with_inputs(stage, config, store, store.read_grid())
-        with lineage.recording(lineage.make_lineage(stage.settings(config), aoi_inputs(stage, config, store, tiles))):
+        tiles = stage.product_tiles(config, store, tiles)
+        product = stage.product_name(config)
+        record = store.product_record(stage.name, product) if product else None
+        if not overwrite and record is not None and record.params_hash == stage.product_hash_of(config, store, tiles):
+            return up_to_date(stage, store, product, record)
+        inputs = stage.product_inputs(config, store, tiles)
+        with lineage.recording(lineage.make_lineage(stage.settings(config), inputs)):
             return body(config, store, tiles, overwrite)
 
     return _named_flow(stage, stage_body)
+
+
+def up_to_date(stage: Stage, store: TileStore, product: str, record) -> dict:
+    """The summary of an AOI-level stage whose output is already made from the same inputs and settings."""
+    published = store.published_dir(stage.name, product)
+    message = f"{stage.name}: {product!r} is up to date (made {record.written_at}), nothing redone: {published}"
+    get_run_logger().info(message)
+    return {"stage": stage.name, "status": "skipped", "message": message, **dict(record.extra)}
 
 
 def _named_flow(stage: Stage, body: Callable):

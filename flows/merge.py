@@ -16,14 +16,9 @@ from lcms.grid import AreaGrid
 from lcms.layout import WriteSkipped
 from lcms.stages import get_stage
 from lcms.store import TileStore
-from tasks.merge.dataset import merge_params_hash, merge_samples, sampling_inputs
+from tasks.merge.dataset import merge_block_px, merge_product_hash, merge_samples
 
 STAGE = get_stage("merge")
-
-
-def block_px(config: RunConfig) -> int:
-    """Side of the `blocks` split's squares in pixels."""
-    return max(1, round(config.merge.block_size_m / config.grid.resolution_m))
 
 
 @task(name="merge-samples", cache_policy=NO_CACHE)
@@ -31,14 +26,14 @@ def merge_task(config: RunConfig, tile_ids: list[str]) -> dict:
     store = TileStore.from_config(config.store, config.product)
     tiles = store.read_grid().select(tile_ids=tile_ids)
     widths = {tile.tile_id: tile.grid.width for tile in tiles}
-    record = merge_samples(store, tile_ids, config.merge_years, widths, config.merge, block_px(config))
+    record = merge_samples(store, tile_ids, config.merge_years, widths, config.merge, merge_block_px(config))
     return dict(record.extra)
 
 
 def merge(config: RunConfig, store: TileStore, tiles: AreaGrid, overwrite: bool) -> dict:
     """Merge the samples of the tiles and `merge.years` into the product's dataset."""
     years = config.merge_years
-    wanted = merge_params_hash(config.merge, block_px(config), sampling_inputs(store, tiles.tile_ids, years))
+    wanted = merge_product_hash(config, store, tiles)
     record = store.product_record(STAGE.name, config.product)
     if not overwrite and record is not None and record.params_hash == wanted:
         extra, status = dict(record.extra), "skipped"

@@ -21,7 +21,6 @@ STAC item, the report); its Completed state's message is the summary's first lin
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pydantic import StringConstraints
 
 from lcms.config import RunConfig, TileSubset
 from lcms.named_configs import ResolvedConfig, resolve_config, resolve_subset
+from lcms.plan import not_run_reasons  # noqa: F401  (re-exported for flows/run.py)
 
 # A year relative to the run's start: the last full year, or N years before it.
 RelativeYear = Annotated[str, StringConstraints(pattern=r"^previous(-[0-9]+)?$")]
@@ -315,23 +315,3 @@ def finish_run(run: Run, summaries: list[dict], result: Any, not_run: list[tuple
     for text, link in output_links(summaries):
         create_link_artifact(link=link, link_text=text, description=f"{run.title}: {text}")
     return Completed(message=message, data=result)
-
-
-@functools.cache
-def _reasons() -> dict[str, str]:
-    """Why a stage does not run for a config, by the name of its `runs_when` condition."""
-    return {
-        "_has_reference": "the config has no reference.path (ground truth), so no model is trained or applied",
-        "_has_change_years": "change detection needs reference.path and two years (or change.years)",
-    }
-
-
-def not_run_reasons(stages, config: RunConfig) -> list[tuple[str, str]]:
-    """The stages the country run leaves out for this config, each with the reason."""
-    out = []
-    for stage in stages:
-        if stage.runs_when(config):
-            continue
-        condition = getattr(stage.runs_when, "__name__", "its condition")
-        out.append((stage.name, _reasons().get(condition, f"`{condition}` is false for this config")))
-    return out

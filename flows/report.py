@@ -29,14 +29,16 @@ STAGE = get_stage("report")
 def report_task(config: RunConfig, tile_ids: list[str]) -> dict:
     product, years = config.product, config.years
     store = TileStore.from_config(config.store, product)
-    tiles = list(store.read_grid().select(tile_ids=tile_ids))
+    selected = store.read_grid().select(tile_ids=tile_ids)
+    tiles = list(selected)
     with tempfile.TemporaryDirectory(prefix="lcms-report-") as tmp:
         folder = Path(tmp)
         data = build_report(
             store, tiles, years, config.report, product, config.change.source, config.change_years, folder
         )
-        store.put_files(STAGE.name, product, folder, params_hash="-", extra={"years": years, "tiles": len(tiles)})
-    return {"markdown": headline_markdown(data), "url": store.file_url(STAGE.name, product, "report.html")}
+        report_hash = STAGE.product_hash_of(config, store, selected)
+        store.put_files(STAGE.name, product, folder, report_hash, extra={"years": years, "tiles": len(tiles)})
+    return {"markdown": headline_markdown(data), "url": store.published_url(STAGE.name, product, "report.html")}
 
 
 def report(config: RunConfig, store: TileStore, tiles: AreaGrid, overwrite: bool) -> dict:

@@ -17,7 +17,7 @@ from lcms.grid import AreaGrid
 from lcms.stages import get_stage
 from lcms.store import TileStore
 from tasks.training.metrics import PLOT_FILES
-from tasks.training.stage import INPUT_STAGE, SUMMARY_FILE, training_params_hash, training_stage
+from tasks.training.stage import INPUT_STAGE, SUMMARY_FILE, training_product_hash, training_stage
 
 STAGE = get_stage("training")
 
@@ -37,14 +37,14 @@ def train(config: RunConfig, store: TileStore, tiles: AreaGrid, overwrite: bool)
             f"the training stage reads the merged dataset {name!r}, which {store.url} does not hold yet: "
             "run `lcms merge CONFIG` (after sampling) first"
         )
-    wanted = training_params_hash(config.training, dataset)
+    wanted = training_product_hash(config, store, tiles)
     record = store.product_record(STAGE.name, name)
     if not overwrite and record is not None and record.params_hash == wanted:
         extra, status = dict(record.extra), "skipped"
     else:
         extra, status = train_task(config.store, name, config.training), "done"
     summary = store.read_file(STAGE.name, name, SUMMARY_FILE).decode()
-    plots = "".join(f"- {store.file_url(STAGE.name, name, p)}\n" for p in PLOT_FILES)
+    plots = "".join(f"- {store.published_url(STAGE.name, name, p)}\n" for p in PLOT_FILES)
     create_markdown_artifact(
         key=f"training-{name}".lower().replace("_", "-").replace(".", "-"),
         markdown=f"# Model `{name}`\n\n{summary}\nPlots:\n\n{plots}",
@@ -52,9 +52,14 @@ def train(config: RunConfig, store: TileStore, tiles: AreaGrid, overwrite: bool)
     )
     kappa = "–" if extra["kappa"] is None else f"{extra['kappa']:.3f}"
     message = (
-        f"training: model {name!r} {status}, OA {extra['overall_accuracy']:.3f}, "
+        f"training: model {name!r} {status}, on the test samples OA {extra['overall_accuracy']:.3f}, "
         f"kappa {kappa}, macro F1 {extra['macro_f1']:.3f}"
     )
+    if extra.get("all_labelled_overall_accuracy") is not None:  # what a map user meets: borders included
+        message += (
+            f"; on every labelled pixel of the held-out area OA {extra['all_labelled_overall_accuracy']:.3f}, "
+            f"macro F1 {extra['all_labelled_macro_f1']:.3f}"
+        )
     return {"stage": STAGE.name, "status": status, "message": message, **extra}
 
 

@@ -7,8 +7,9 @@ the AOI and the store before any work starts.
 from __future__ import annotations
 
 import json
-import logging
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +26,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# Tables are not cut to 80 columns when the output goes to a file or a pipe (COLUMNS, if set, still wins).
+_WIDE = None if "COLUMNS" in os.environ else 200
+console = Console(width=None if sys.stdout.isatty() else _WIDE)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else _WIDE)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML run config (see examples/).", show_default=False)]
 TilesOpt = Annotated[str | None, typer.Option("--tiles", help="Comma-separated tile ids to run on.")]
@@ -40,7 +43,10 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo tiles that
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # The message is plain text: "[earlier, later]" in it must not be read as rich markup.
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -83,6 +89,10 @@ def _load(config_path: Path):
     from lcms.config import ConfigError, load_config
 
     ref = re.sub(r"^([a-z][a-z0-9+.-]*):/(?!/)", r"\1://", str(config_path))  # Path() folds s3:// to s3:/
+    if config_path.is_dir():
+        inside = sorted(p.name for p in config_path.glob("*.y*ml"))[:5]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise _fail(f"{config_path} is a folder, not a config file; give the YAML run config itself{hint}", code=2)
     try:
         is_name = "/" not in ref and not ref.endswith((".yaml", ".yml", ".json"))
         if not config_path.is_file() and ("://" in ref or is_name):
@@ -92,6 +102,12 @@ def _load(config_path: Path):
         return load_config(config_path)
     except ConfigError as exc:
         raise _fail(str(exc), code=2) from None
+    except UnicodeDecodeError as exc:
+        raise _fail(
+            f"config {ref} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as UTF-8",
+            code=2,
+        ) from None
 
 
 def _subset(tiles: str | None, bbox: str | None, subset: Path | None):
@@ -105,20 +121,33 @@ def _subset(tiles: str | None, bbox: str | None, subset: Path | None):
             box = ()
         if len(box) != 4:
             raise _fail(f"--bbox must be four comma-separated numbers minx,miny,maxx,maxy, got {bbox!r}", code=2)
+        from lcms.geometry import bbox_problem
+
+        # The same rules as aoi.bbox in degrees: minx > maxx is a box across 180°, miny > maxy an error.
+        problem = bbox_problem(box, geographic=True)
+        if problem is not None:
+            raise _fail(f"--bbox {bbox} {problem}", code=2)
     tile_ids = [t.strip() for t in tiles.split(",") if t.strip()] if tiles else None
     return TileSubset(tile_ids=tile_ids, bbox=box, aoi_path=str(subset.resolve()) if subset else None)
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Everything Prefect and Dask log too.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and summaries.")] = False,
+) -> None:
+    from lcms import logs, runtime
+
     configure_prefect_defaults()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runtime.use_project_prefect_home()  # before Prefect is imported
+    _VERBOSITY[0] = logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL
     if not verbose:
-        # Every API call and every Dask worker start is logged at INFO; keep the output readable.
         # distributed sets its loggers' levels from dask's config when imported, hence the variable.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        for noisy in ("httpx", "distributed", "prefect.server", "uvicorn", "pyogrio"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(_VERBOSITY[0])
+
+
+_VERBOSITY = [1]  # set by the --verbose / --quiet options
 
 
 @app.command()
@@ -153,6 +182,7 @@ def grid(
     if output is not None:
         area_grid.write_gpkg(output)
     console.print(f"{len(area_grid)} tiles of {cfg.grid.tile_size_m:g} m, grid stored at {store.grid_url}")
+    console.print(f"tile ids, bounds and status: `lcms tiles {config}`", highlight=False)
     table = Table()
     table.add_column("UTM zone")
     table.add_column("tiles", justify="right")
@@ -172,6 +202,14 @@ def synthetic_reference(
         Path | None, typer.Option("--output", help="GeoPackage to write; default: reference.path.")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    label_noise: Annotated[
+        float,
+        typer.Option(
+            "--label-noise",
+            help="Share of the polygons up to 10 ha given the class they are most easily confused with, "
+            "as in real reference data (0: exact).",
+        ),
+    ] = 0.1,
 ) -> None:
     """Write the synthetic source's own land cover as reference polygons (for demos and tests)."""
     from flows.common import load_grid
@@ -197,42 +235,157 @@ def synthetic_reference(
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     scene = SyntheticScene(**source.model_dump(exclude={"kind"}))
-    polygons = area_reference_polygons(scene, [t.grid for t in area_grid], year or cfg.years[0], fraction)
+    polygons = area_reference_polygons(scene, [t.grid for t in area_grid], year or cfg.years[0], fraction, label_noise)
     target.parent.mkdir(parents=True, exist_ok=True)
     polygons.to_file(target, driver="GPKG")
     console.print(f"{len(polygons)} reference polygons of {year or cfg.years[0]} written to {target}")
 
 
-RUN_HELP = "Run the whole chain (grid, download, ...) over the AOI or a subset of it."
+RUN_HELP = "Run the whole chain (grid, download, ...) over the AOI or a subset of it, or part of it (--stages, --from)."
+StagesOpt = Annotated[
+    str | None, typer.Option("--stages", help="Only these stages, comma-separated (e.g. features,sampling).")
+]
+FromOpt = Annotated[str | None, typer.Option("--from", help="The chain from this stage on (e.g. prediction).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (`lcms plan`), run nothing.")]
 
 
-def _run_flow(stage_name: str, config: Path, tiles, bbox, subset, overwrite: bool) -> None:
-    from flows.common import prepare_stage
+def _plan(cfg, selection, chain_names: list[str] | None, start: str | None, overwrite: bool, stage_name: str):
+    """The store, the tiles and the plan of a command, before Prefect or Dask start; exits on a user error."""
+    from lcms.plan import not_run_reasons, plan_chain, select_chain
+    from lcms.selection import prepare_stage
     from lcms.stages import get_stage
 
-    cfg = _load(config)
-    selection = _subset(tiles, bbox, subset)
     try:
-        # Cheap checks first, so that a bad AOI, subset or store fails before Prefect and Dask start.
-        prepare_stage(cfg, selection)
+        store, tiles = prepare_stage(cfg, selection)  # a bad AOI, subset or store fails here
+        if stage_name == "run":
+            chain = select_chain(cfg, chain_names, start)
+        else:
+            chain = [get_stage(stage_name)]
+            for _, reason in not_run_reasons(chain, cfg):
+                raise _fail(f"the {stage_name} stage does not apply to this config: {reason}")
+        return store, tiles, plan_chain(cfg, chain, store, tiles, overwrite)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
+
+
+def _print_plan(plan, details: bool = False) -> None:
+    table = Table(title="plan")
+    for column in ("stage", "outputs", "to make", "up to date", "why"):
+        table.add_column(column, justify="right" if column in ("outputs", "to make", "up to date") else "left")
+    for stage in plan.stages:
+        if not stage.outputs:
+            continue
+        why = ", ".join(f"{n} {reason}" for reason, n in stage.reasons().most_common())
+        skipped = len(stage.outputs) - len(stage.to_run) - len(stage.blocked)
+        table.add_row(stage.stage, str(len(stage.outputs)), str(len(stage.to_run)), str(skipped), why or "–")
+    console.print(table)
+    if details:
+        rows = [o for o in plan.rows() if o.action != "skip"]
+        detail = Table(title="outputs to make")
+        for column in ("stage", "year", "tile / product", "action", "why"):
+            detail.add_column(column)
+        for o in rows:
+            detail.add_row(o.stage, o.key, o.name, o.action, o.reason)
+        if rows:
+            console.print(detail)
+
+
+def _outputs_to_open(cfg) -> list[tuple[str, str]]:
+    """The stable paths of what a run made: the report, the maps, the change polygons, the model."""
+    from lcms.stages import get_stage
+    from lcms.store import TileStore
+
+    store = TileStore.from_config(cfg.store, cfg.product)
+    found = []
+    for stage, label, file_name in (
+        ("report", "report", "report.html"),
+        ("change-polygons", "change polygons", "changes.gpkg"),
+        ("training", "model", "model.txt"),
+    ):
+        name = get_stage(stage).product_name(cfg)
+        if name and store.product_record(stage, name) is not None:
+            found.append((label, store.published_url(stage, name, file_name)))
+    if store.product_record("export", cfg.product) is not None:
+        found.append(("maps (COG + STAC item per year and zone)", cfg.export.url or store.maps_url()))
+    return found
+
+
+def _run_flow(
+    stage_name: str,
+    config: Path,
+    tiles,
+    bbox,
+    subset,
+    overwrite: bool,
+    stages: str | None = None,
+    start: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    import time
+
+    from lcms import logs
+    from lcms.stages import get_stage
+
+    began = time.perf_counter()
+    cfg = _load(config)
+    selection = _subset(tiles, bbox, subset)
+    chain_names = [n.strip() for n in stages.split(",") if n.strip()] if stages else None
+    store, selected, plan = _plan(cfg, selection, chain_names, start, overwrite, stage_name)
+    if dry_run:
+        _print_plan(plan, details=True)
+        return
+    blocked = [o for s in plan.stages for o in s.blocked]
+    if blocked:
+        first = blocked[0]
+        raise _fail(
+            f"{first.stage} {first.name}/{first.key}: {first.reason} "
+            f"({len(blocked)} output(s) blocked; `lcms plan CONFIG` lists them)"
+        )
+    if plan.nothing_to_do:
+        console.print(
+            f"nothing to do: every output of {', '.join(s.stage for s in plan.stages)} is up to date "
+            f"({len(plan.rows())} checked in {time.perf_counter() - began:.1f} s; --overwrite redoes them)"
+        )
+        _print_outputs(cfg, config)
+        return
+    for stage in plan.stages:
+        if stage.outputs:
+            console.print(f"plan: {stage.stage}: {stage.describe()}", highlight=False)
+    import prefect  # noqa: F401  (it sets up its logging when imported: ours is put back on top)
+
+    logs.configure(_VERBOSITY[0])
     if stage_name == "run":
         from flows.run import run_flow as flow_fn
+
+        kwargs = {"stages": [s.stage for s in plan.stages if s.stage != "change-polygons"]}
     else:
-        flow_fn = get_stage(stage_name).flow()
+        flow_fn, kwargs = get_stage(stage_name).flow(), {}
     try:
-        result = flow_fn(cfg, selection, overwrite, show_progress=True)
+        result = flow_fn(cfg, selection, overwrite, show_progress=True, **kwargs)
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
     for summary in result if isinstance(result, list) else [result]:
         if "message" in summary:  # AOI-level stages (merge, training) say what they made
-            console.print(summary["message"])
+            console.print(summary["message"], highlight=False)
             continue
         console.print(
             f"{summary['stage']}: {summary['done']} done, {summary['skipped']} skipped, "
             f"{summary['failed']} failed of {summary['tiles']} tile-years"
         )
+    console.print(f"finished in {time.perf_counter() - began:.0f} s")
+    _print_outputs(cfg, config)
+
+
+def _print_outputs(cfg, config: Path | str) -> None:
+    outputs = _outputs_to_open(cfg)
+    if outputs:
+        console.print("outputs (these paths stay the same from run to run):")
+        for label, url in outputs:
+            console.print(f"  {label}: {url}", highlight=False, soft_wrap=True)
+    if "serve" in {c.name for c in app.registered_commands}:
+        # --demo: a one-time admin password on 127.0.0.1, for the synthetic demo; real runs add users first.
+        demo = " --demo" if cfg.download.source.kind == "synthetic" else ""
+        console.print(f"open the app: lcms serve {config}{demo}", highlight=False)
 
 
 def _register_stage_command(name: str, help_text: str) -> None:
@@ -242,17 +395,43 @@ def _register_stage_command(name: str, help_text: str) -> None:
         bbox: BboxOpt = None,
         subset: SubsetOpt = None,
         overwrite: OverwriteOpt = False,
+        dry_run: DryRunOpt = False,
     ) -> None:
-        _run_flow(name, config, tiles, bbox, subset, overwrite)
+        _run_flow(name, config, tiles, bbox, subset, overwrite, dry_run=dry_run)
 
     app.command(name=name, help=help_text)(command)
 
 
+def _register_chain_command(name: str, help_text: str, plan_only: bool) -> None:
+    """`lcms run` and `lcms plan`: the chain (or --stages / --from part of it), made or only planned."""
+
+    def command(
+        config: ConfigArg,
+        tiles: TilesOpt = None,
+        bbox: BboxOpt = None,
+        subset: SubsetOpt = None,
+        overwrite: OverwriteOpt = False,
+        stages: StagesOpt = None,
+        start: FromOpt = None,
+        dry_run: DryRunOpt = False,
+    ) -> None:
+        if stages and start:
+            raise _fail("give --stages or --from, not both", code=2)
+        _run_flow("run", config, tiles, bbox, subset, overwrite, stages, start, dry_run or plan_only)
+
+    app.command(name=name, help=help_text)(command)
+
+
+_register_chain_command("run", RUN_HELP, plan_only=False)
+_register_chain_command(
+    "plan", "What `lcms run` would do: per stage, the outputs it would make and why, and those up to date.", True
+)
+
+
 def _register_stage_commands() -> None:
-    """`lcms run`, then one command per declared stage (lcms/stages.py), in pipeline order."""
+    """One command per declared stage (lcms/stages.py), in pipeline order, after `lcms run`."""
     from lcms.stages import stages_with_flows
 
-    _register_stage_command("run", RUN_HELP)
     for stage in stages_with_flows():
         _register_stage_command(stage.name, stage.title)
 
@@ -260,34 +439,142 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+def _wgs84_bounds(tile) -> str:
+    from pyproj import Transformer
+
+    to_wgs84 = Transformer.from_crs(tile.grid.crs, "EPSG:4326", always_xy=True)
+    west, south, east, north = to_wgs84.transform_bounds(*tile.core_bounds)
+    return f"{west:.4f},{south:.4f},{east:.4f},{north:.4f}"
+
+
+def _tile_states(store, stage, keys) -> dict[str, dict[str, str]]:
+    """stage key -> tile id -> 'done', or 'failed' when its last attempt failed (an earlier output may
+    still stand); absent: never made."""
+    states = {}
+    for key in keys:
+        key = str(stage.store_key(key))
+        per_tile = dict.fromkeys(store.done_tiles(stage.name, key), "done")
+        per_tile.update(dict.fromkeys(store.failed_tiles(stage.name, key), "failed"))
+        states[key] = per_tile
+    return states
+
+
+@app.command()
+def tiles(
+    config: ConfigArg,
+    stage: Annotated[str | None, typer.Option("--stage", help="Show this stage's status per year.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only tiles that failed, and their logs.")] = False,
+) -> None:
+    """List the tile ids (for --tiles) with their UTM zone, bounds (WGS84) and status per stage."""
+    from lcms.stages import STAGES, get_stage
+    from lcms.store import TileStore
+
+    cfg = _load(config)
+    try:
+        store = TileStore.from_config(cfg.store, cfg.product)
+        area_grid = store.read_grid()
+        shown_stages = [get_stage(stage)] if stage else [s for s in STAGES.values() if s.is_tile_stage]
+    except _user_errors() as exc:
+        raise _fail(str(exc)) from None
+    states = {s.name: _tile_states(store, s, s.keys(cfg)) for s in shown_stages}
+    table = Table()
+    for column in ("tile", "zone", "bounds (lon/lat)"):
+        table.add_column(column)
+    if stage:
+        for key in states[stage]:
+            table.add_column(key)
+    else:
+        for name in states:
+            table.add_column(name)
+    logs_shown = []
+    for tile in area_grid:
+        cells = []
+        any_failed = False
+        for per_key in states.values():
+            marks = [per_key[key].get(tile.tile_id, "–") for key in per_key]
+            any_failed |= "failed" in marks
+            if stage:
+                cells += marks
+            else:
+                done = marks.count("done")
+                cells.append("failed" if "failed" in marks else f"{done}/{len(marks)}" if marks else "")
+        if failed and not any_failed:
+            continue
+        table.add_row(tile.tile_id, tile.zone, _wgs84_bounds(tile), *cells)
+        if any_failed:
+            logs_shown += [
+                f"{tile.tile_id} {name} {key}: {url}"
+                for name, per_key in states.items()
+                for key in per_key
+                if per_key[key].get(tile.tile_id) == "failed"
+                for url in [store.failed_tiles(name, key).get(tile.tile_id)]
+            ]
+    console.print(table)
+    if failed:
+        console.print(f"{len(logs_shown)} failed tile output(s); their logs:" if logs_shown else "no failed tiles")
+        for line in logs_shown:
+            console.print("  " + line, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def status(config: ConfigArg) -> None:
-    """Show how many tiles of each stage and year are done in the store, and the AOI-level products."""
+    """One table of what the store holds: tile stages per year, AOI products, maps per year and zone."""
     from lcms.stages import STAGES
     from lcms.store import TileStore
 
     cfg = _load(config)
-    store = TileStore.from_config(cfg.store)
+    store = TileStore.from_config(cfg.store, cfg.product)
     try:
         n_tiles = len(store.read_grid())
     except _user_errors() as exc:
         raise _fail(str(exc)) from None
-    console.print(f"{store.url}: {n_tiles} tiles in the grid")
+    console.print(f"{store.url}: {n_tiles} tiles in the grid, product {cfg.product!r}", highlight=False)
     table = Table()
-    for column in ("stage", "year", "done"):
+    for column in ("stage", "year / product", "state", "version or made", "where"):
         table.add_column(column)
     for stage in STAGES.values():
-        for key in stage.keys(cfg) if stage.is_tile_stage else []:
-            done = store.done_tiles(stage.name, stage.store_key(key))
-            table.add_row(stage.name, str(stage.store_key(key)), f"{len(done)} / {n_tiles}")
-    console.print(table)
-    for stage in STAGES.values():
-        name = stage.product_of(cfg) if stage.product_of is not None else None
+        if stage.is_tile_stage:
+            for key in map(stage.store_key, stage.keys(cfg)):
+                done, failed = len(store.done_tiles(stage.name, key)), len(store.failed_tiles(stage.name, key))
+                state = f"{done} / {n_tiles} tiles" + (f", {failed} failed last time" if failed else "")
+                table.add_row(stage.name, str(key), state, "", "")
+            continue
+        name = stage.product_name(cfg)
         if name is None:
-            continue  # tile stages are in the table above; export writes maps, not a stored product
+            continue
         record = store.product_record(stage.name, name)
-        state = f"done {record.written_at}: {record.extra}" if record else "not done"
-        console.print(f"{stage.name} {name!r}: {state}", highlight=False)
+        if record is None:
+            table.add_row(stage.name, name, "not made", "", "")
+            continue
+        version = record.extra.get("version_number")
+        made = (f"v{version}, " if version else "") + record.written_at.replace("+00:00", "Z").replace("T", " ")
+        where = store.published_dir(stage.name, name).removeprefix(store.root.rstrip("/") + "/")
+        table.add_row(stage.name, name, "done", made, where)
+    console.print(table)
+    _print_maps(store, cfg)
+
+
+def _print_maps(store, cfg) -> None:
+    """The exported maps per year and zone, from the export stage's list of maps."""
+    try:
+        maps = json.loads(store.read_file("export", cfg.product, "maps.json"))
+    except _user_errors():
+        console.print("maps: none exported yet (`lcms export CONFIG`)")
+        return
+    table = Table(title="maps")
+    for column in ("year", "zone", "map", "size (px)", "tiles", "model version", "file"):
+        table.add_column(column)
+    for m in maps:
+        table.add_row(
+            str(m.get("year", "")),
+            str(m.get("zone", "")),
+            str(m.get("kind", m.get("map", ""))),
+            f"{m.get('width')} × {m.get('height')}",
+            str(m.get("tiles", "")),
+            str(m.get("model_version", "")),
+            str(m.get("url", "")),
+        )
+    console.print(table)
 
 
 configs_app = typer.Typer(
@@ -426,22 +713,31 @@ def models(config: ConfigArg) -> None:
         raise _fail(f"{store.url} has no model of product {cfg.product!r} yet; run `lcms training CONFIG`")
     current = store.product_record("training", cfg.product)
     table = Table(title=f"models of {cfg.product!r} in {store.url}")
-    for column in ("", "version", "trained", "OA", "kappa", "macro F1", "dataset"):
+    columns = ("", "version", "trained", "OA all labelled", "macro F1 all labelled", "OA test samples", "kappa")
+    for column in (*columns, "macro F1 test samples", "dataset"):
         table.add_column(column)
+
+    def figure(value) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
     for record in versions:
         extra = record.extra
-        kappa = extra.get("kappa")
         table.add_row(
             "*" if current is not None and record.attempt == current.attempt else "",
             record.attempt,
             record.written_at,
-            f"{extra.get('overall_accuracy', float('nan')):.3f}",
-            "–" if kappa is None else f"{kappa:.3f}",
-            f"{extra.get('macro_f1', float('nan')):.3f}",
+            figure(extra.get("all_labelled_overall_accuracy")),
+            figure(extra.get("all_labelled_macro_f1")),
+            figure(extra.get("overall_accuracy")),
+            figure(extra.get("kappa")),
+            figure(extra.get("macro_f1")),
             next((e["attempt"] for e in record.lineage.get("inputs", []) if e["stage"] == "merge"), "?"),
         )
     console.print(table)
-    console.print("Pin a version for a rerun of an old map with prediction.model_version.")
+    console.print(
+        "All labelled: every labelled pixel of the held-out area, class borders included (what a map user meets); "
+        "test samples: the merged test split's eroded samples. Pin a version with prediction.model_version."
+    )
 
 
 TileOpt = Annotated[str | None, typer.Option("--tile", help="Tile id (tile stages).")]
@@ -568,7 +864,19 @@ def rerun(config: ConfigArg, stage: str, tile: TileOpt = None, year: YearOpt = N
     console.print(f"every array equals the previous output's ({record.attempt})")
 
 
+from lcms.serve.cli import register as _register_serve  # noqa: E402 - serve, users, reviews
+
+_register_serve(app)
+__import__("lcms.accuracy_cli").accuracy_cli.register(app)  # sample-design, accuracy (issue 20 §2)
+
+
 def main() -> None:
+    """The `lcms` executable: the command in a process that cleans up after itself (lcms/runtime.py)."""
+    from lcms import runtime
+
+    runtime.handle_sigterm()
+    runtime.use_run_temp_dir()
+    runtime.start_watchdog(tempfile.gettempdir())
     app()
 
 

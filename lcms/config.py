@@ -70,7 +70,9 @@ class AoiConfig(StrictModel):
     layer: str | None = Field(None, description="Layer of a multi-layer file such as a GeoPackage.")
     assume_crs: str | None = Field(None, description="CRS to assume when the file has none.")
     bbox: tuple[float, float, float, float] | None = Field(
-        None, description="minx, miny, maxx, maxy in bbox_crs, instead of a file."
+        None,
+        description="minx, miny, maxx, maxy in bbox_crs, instead of a file. In degrees, minx > maxx is a box "
+        "across 180° (e.g. [179, -17, -179, -16]), as in GeoJSON and STAC.",
     )
     bbox_crs: str = Field("EPSG:4326", description="CRS of bbox.")
 
@@ -84,14 +86,29 @@ class AoiConfig(StrictModel):
     @field_validator("bbox")
     @classmethod
     def _ordered_bbox(cls, value: tuple[float, float, float, float] | None):
-        if value is not None and not (value[0] < value[2] and value[1] < value[3]):
-            raise ValueError("bbox must be (minx, miny, maxx, maxy) with minx < maxx and miny < maxy")
+        from lcms.geometry import bbox_problem
+
+        # Checks that hold in any CRS; the ones that depend on bbox_crs follow in _bbox_in_its_crs.
+        problem = None if value is None else bbox_problem(value, geographic=None)
+        if problem is not None:
+            raise ValueError(f"bbox {problem}")
         return value
 
     @model_validator(mode="after")
     def _one_source(self) -> AoiConfig:
         if (self.path is None) == (self.bbox is None):
             raise ValueError("give exactly one of aoi.path (a vector file) or aoi.bbox")
+        return self
+
+    @model_validator(mode="after")
+    def _bbox_in_its_crs(self) -> AoiConfig:
+        """In degrees, minx > maxx is a box across 180° (as in GeoJSON and STAC); elsewhere minx < maxx."""
+        from lcms.geometry import bbox_problem
+
+        if self.bbox is not None:
+            problem = bbox_problem(self.bbox, geographic=CRS.from_user_input(self.bbox_crs).is_geographic)
+            if problem is not None:
+                raise ValueError(f"bbox {problem}")
         return self
 
 
@@ -307,7 +324,8 @@ class CloudMaskConfig(StrictModel):
 
     Shadows (`shadows`): for s2cloudless and sentinelhub the cloud mask is projected away from
     the sun over `shadow_cloud_heights_m` and matched to pixels darker than `shadow_darkness`
-    times their clear-sky NIR and SWIR; for scl they are the layer's cloud-shadow class.
+    times their clear-sky NIR and SWIR (with `tile_edge_context`, clouds in a margin beyond the tile
+    too); for scl they are the layer's cloud-shadow class.
     `valid_mask` = data and not cloud and (with `shadows`) not shadow.
     """
 
@@ -337,14 +355,20 @@ class CloudMaskConfig(StrictModel):
         (200.0, 5000.0), description="Cloud heights searched when projecting clouds onto their shadows."
     )
     shadow_darkness: float = Field(
-        0.7, gt=0, lt=1, description="Shadow: NIR and SWIR below this fraction of the pixel's clear-sky median."
+        0.7,
+        gt=0,
+        lt=1,
+        description="Shadow: NIR and SWIR below this fraction of the pixel's clear-sky reference (the brighter "
+        "of its nearest clear dates before and after).",
     )
     shadow_cell_m: float = Field(40.0, gt=0, description="Cell size of the cloud-to-shadow projection.")
     scl_snow: bool = Field(False, description="scl: count snow (class 11) as invalid too.")
     tile_edge_context: bool = Field(
         True,
         description="Read the detector's context beyond each tile's edges from the source, so that overlapping "
-        "tiles get identical cloud masks (on Sentinel Hub: up to two more requests per edge block and date).",
+        "tiles get identical cloud masks (on Sentinel Hub: up to two more requests per edge block and date); and, "
+        "with shadows, a coarse (160 m) cloud mask of a margin beyond the edges towards the sun, so that clouds "
+        "outside the tile cast their shadows into it (one more request per tile).",
     )
 
     @model_validator(mode="after")
@@ -418,6 +442,20 @@ class FeaturesConfig(StrictModel):
     date_grid: DateGridConfig = Field(default_factory=DateGridConfig)
     dtype: Literal["int16", "float32"] = Field("int16", description="int16 stores value × 10000.")
     block_size: int = Field(256, ge=256, multiple_of=256)
+    context_features: list[str] = Field(
+        default_factory=list,
+        description="Bands or indices whose neighbourhood mean and standard deviation are added as features, "
+        "date by date (e.g. ['NDVI']); empty: none.",
+    )
+    context_sizes: list[int] = Field(
+        default_factory=lambda: [3, 5], description="Neighbourhood window sides in pixels (odd, >= 3)."
+    )
+    context_stats: list[Literal["mean", "std"]] = Field(default_factory=lambda: ["mean", "std"])
+    dem_path: str | None = Field(
+        None,
+        description="Optional DEM raster (GeoTIFF; local, s3:// or https://; any CRS): adds ELEVATION_10KM "
+        "(elevation / 10 km) and SLOPE (rise over run) as features, the same at every date.",
+    )
 
     @model_validator(mode="after")
     def _some_features(self) -> FeaturesConfig:
@@ -425,17 +463,49 @@ class FeaturesConfig(StrictModel):
             raise ValueError("features: give at least one band or index")
         if len(set(self.bands)) != len(self.bands) or len(set(self.indices)) != len(self.indices):
             raise ValueError("features: bands and indices must not repeat")
+        unknown = [f for f in self.context_features if f not in self.feature_names]
+        if unknown or len(set(self.context_features)) != len(self.context_features):
+            raise ValueError(
+                f"features.context_features must be distinct bands or indices of the run ({self.feature_names})"
+            )
+        if any(s < 3 or s % 2 == 0 for s in self.context_sizes) or len(set(self.context_sizes)) != len(
+            self.context_sizes
+        ):
+            raise ValueError(f"features.context_sizes must be distinct odd sides >= 3, got {self.context_sizes}")
+        if self.context_features and (not self.context_sizes or not self.context_stats):
+            raise ValueError("features.context_features needs context_sizes and context_stats")
         return self
 
     @property
     def feature_names(self) -> list[str]:
         return [*self.bands, *self.indices]
 
+    @property
+    def stored_feature_names(self) -> list[str]:
+        """The features stage's output features: bands, indices, then the spatial context features."""
+        context = [
+            f"{n}_{stat}{size}"
+            for n in self.context_features
+            for size in self.context_sizes
+            for stat in self.context_stats
+        ]
+        terrain = ["ELEVATION_10KM", "SLOPE"] if self.dem_path else []  # tasks/features/terrain.py
+        return [*self.feature_names, *context, *terrain]
+
 
 class LegendEntryConfig(StrictModel):
     code: int = Field(..., ge=1, le=255)
     name: str = Field(..., min_length=1)
     color: str = Field("#808080", pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class ReviewsDatabaseConfig(StrictModel):
+    """The part of `serve` that says where `lcms serve` keeps the reviews (so a session setting never makes the
+    reference stale)."""
+
+    database: Literal["embedded", "postgis"] = "embedded"
+    database_path: str | None = None
+    postgis: PostgisConfig | None = None
 
 
 class ReferenceConfig(StrictModel):
@@ -455,6 +525,17 @@ class ReferenceConfig(StrictModel):
         None, description="Source values (names or numbers) → legend codes, e.g. crop names → crop codes."
     )
     erosion_px: int = Field(1, ge=0, description="Negative buffer: class borders eroded by this many pixels.")
+    reviews: bool = Field(
+        False,
+        description="Also take operators' reviewed changes from `lcms serve`'s database (tasks/reference/reviews.py): "
+        "a confirmed change labels its year_to with its class after, a corrected one with the corrected class "
+        "(and outline), a rejected one with its class before. Reviews win over the base reference.",
+    )
+    reviews_database: ReviewsDatabaseConfig | None = Field(
+        None,
+        description="Where the reviews are: filled from the run's `serve` section by the reference stage "
+        "(lcms/stages.py); not written in configs.",
+    )
 
     _resolve = field_validator("path")(_resolve_path)
 
@@ -571,6 +652,12 @@ class TrainingConfig(StrictModel):
     extra_params: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="More LightGBM parameters, e.g. lambda_l2."
     )
+    all_labelled_max_pixels: int | None = Field(
+        2_000_000,
+        ge=1,
+        description="Validation also scores every labelled pixel (un-eroded reference) of the held-out area; "
+        "above this many, a seeded random subset of them. None: all.",
+    )
     seed: int = 0
 
     @field_validator("extra_params")
@@ -658,6 +745,19 @@ class PostprocessConfig(StrictModel):
     )
 
 
+class ImageryExportConfig(StrictModel):
+    """Imagery composites beside the maps (tasks/export/imagery.py): cloud-free median true colour
+    (B04 B03 B02) and false colour (B08 B04 B03) of the valid observations, per year and period."""
+
+    enabled: bool = Field(True, description="Write the imagery composites (COGs with STAC items under maps/imagery/).")
+    periods: list[Literal["year", "quarter", "month"]] = Field(
+        ["year", "quarter"], min_length=1, description="Composites per whole year, per quarter and/or per month."
+    )
+    max_reflectance: float = Field(
+        0.3, gt=0, le=1, description="Reflectance shown as full brightness (display scaling; brighter is clipped)."
+    )
+
+
 class ExportConfig(StrictModel):
     """Stage 8b: maps as Cloud-Optimised GeoTIFFs with STAC items, per UTM zone or in one CRS."""
 
@@ -672,6 +772,9 @@ class ExportConfig(StrictModel):
         False,
         description="When the tiles' predictions come from different model versions, export only the tiles of the "
         "current version (and say which were left out) instead of failing.",
+    )
+    imagery: ImageryExportConfig = Field(
+        default_factory=ImageryExportConfig, description="Imagery composites to compare the maps with."
     )
 
     _resolve = field_validator("url")(_resolve_path)
@@ -742,6 +845,32 @@ class ReportConfig(StrictModel):
     _resolve = field_validator("regions_path")(_resolve_path)
 
 
+class ServeConfig(StrictModel):
+    """`lcms serve`: the results service (map tiles, change polygons API, reviews, users).
+
+    The PostGIS DSN (database: postgis) never appears here: it comes from the environment variable or
+    the Prefect Secret block named in `postgis` (as for change.postgis).
+    """
+
+    database: Literal["embedded", "postgis"] = Field(
+        "embedded", description="embedded: SQLite file beside the store; postgis: the change table's database."
+    )
+    database_path: str | None = Field(
+        None, description="Embedded database file; default: under a local store. Required for an s3:// store."
+    )
+    postgis: PostgisConfig | None = Field(
+        None, description="With database: postgis: DSN source, schema and change table; default: change.postgis."
+    )
+    session_hours: float = Field(12.0, gt=0, le=720, description="A login session ends this long after it began.")
+    login_max_failures: int = Field(5, ge=1, description="Failed logins per user (and 4x per client) per window.")
+    login_window_minutes: float = Field(15.0, gt=0, description="Window of the login rate limit.")
+    refresh_seconds: float = Field(10.0, ge=0, description="How often to look for a newer change layer in the store.")
+    max_limit: int = Field(10_000, ge=1, le=100_000, description="Most change polygons one page may hold.")
+    cache_path: str | None = Field(None, description="Local folder for layers read from S3; default: a temp folder.")
+
+    _resolve = field_validator("database_path", "cache_path")(_resolve_path)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -784,6 +913,7 @@ class RunConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     change: ChangeConfig = Field(default_factory=ChangeConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     fail_on_tile_errors: bool = Field(
         True, description="End a stage Failed when any tile failed; the other tiles run to the end either way."
     )

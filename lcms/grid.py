@@ -6,11 +6,16 @@ How the split works (as eo-grow's UTM-zone area manager does it):
 3. Each zone's part is densified, projected to that zone, and covered by tiles whose
    corners sit on a fixed lattice (multiples of the tile size from `origin_m`). Tiles
    whose core does not overlap the part are dropped. A tile keeps its lattice index in
-   its id, so ids are stable when the AOI grows.
+   its id, so ids are stable when the AOI grows. Blocks of cells are tested before any
+   single tile is (`_cells_overlapping`), so a country of 180 000 tiles takes seconds.
 4. Each tile's pixel grid is its core plus a buffer on every side.
 
 Inside one zone the cores tile the plane without gaps or overlaps; across a zone border,
 the two zones' tiles both reach over the border, so the AOI stays covered with no gaps.
+
+The antimeridian (180°) is a zone border like the others, between zones 60 and 1. An AOI
+that crosses it is cut there when it is read (lcms.geometry.split_at_antimeridian), as
+GeoJSON asks, and a tile core that reaches over it has a two-part footprint in WGS84.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +39,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from lcms.config import AoiConfig, GridConfig
-from lcms.geometry import PixelGrid
+from lcms.geometry import PixelGrid, bbox_geometry, split_at_antimeridian
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +105,9 @@ def zone_label(zone: int, north: bool) -> str:
 def load_aoi(cfg: AoiConfig) -> BaseGeometry:
     """Read the AOI as one valid (multi)polygon in WGS84, or raise AoiError saying why not."""
     if cfg.bbox is not None:
-        frame = gpd.GeoDataFrame(geometry=[box(*cfg.bbox)], crs=cfg.bbox_crs)
+        geographic = CRS.from_user_input(cfg.bbox_crs).is_geographic  # AoiConfig has checked the box
+        # In degrees, minx > maxx is a box across 180°: its two halves, one on each side.
+        frame = gpd.GeoDataFrame(geometry=[bbox_geometry(cfg.bbox) if geographic else box(*cfg.bbox)], crs=cfg.bbox_crs)
         source = f"aoi.bbox {cfg.bbox}"
     else:
         source = f"AOI file {cfg.path}"
@@ -125,10 +134,19 @@ def _read_vector(path: str | None, layer: str | None, source: str) -> gpd.GeoDat
 
 
 def aoi_to_wgs84(frame: gpd.GeoDataFrame, source: str = "AOI") -> BaseGeometry:
-    """Union the frame's polygons, repair invalid ones, and return them in WGS84."""
+    """Union the frame's polygons, repair invalid ones, and return them in WGS84.
+
+    Polygons that cross the antimeridian (180°) come back cut into their parts on each side,
+    as GeoJSON asks: whether they were given cut already, or in degrees with edges that jump
+    from 179.9° to -179.9°, or in a projected CRS that spans 180° (e.g. UTM zone 60).
+    """
     geoms = frame.geometry[frame.geometry.notna() & ~frame.geometry.is_empty]
     if geoms.empty:
         raise AoiError(f"{source} holds no geometry. Give a file with at least one polygon.")
+    crs = CRS.from_user_input(frame.crs)
+    if crs.is_geographic:
+        _check_degrees(geoms, crs, source)
+        geoms = geoms.apply(split_at_antimeridian)
     invalid = ~geoms.is_valid
     if invalid.any():
         reasons = sorted({shapely.is_valid_reason(g) for g in geoms[invalid]})
@@ -138,20 +156,31 @@ def aoi_to_wgs84(frame: gpd.GeoDataFrame, source: str = "AOI") -> BaseGeometry:
     if not polygons:
         kinds = sorted(set(geoms.geom_type))
         raise AoiError(f"{source} has no polygon area (found {kinds}). The AOI must be polygons.")
-    crs = CRS.from_user_input(frame.crs)
     area = shapely.union_all(polygons)
     if not crs.equals(CRS.from_user_input(WGS84)):
         # Densify before reprojecting so long straight edges follow the true shape.
         step = DENSIFY_DEG if crs.is_geographic else DENSIFY_M
         area = shapely.segmentize(area, step)
         area = shapely.transform(area, Transformer.from_crs(crs, WGS84, always_xy=True).transform, interleaved=False)
-        area = shapely.make_valid(area)
+        area = shapely.make_valid(split_at_antimeridian(area))
     if area.is_empty or area.area == 0:
         raise AoiError(f"{source} has zero area.")
     minx, miny, maxx, maxy = area.bounds
     if miny < UTM_LAT_RANGE[0] or maxy > UTM_LAT_RANGE[1]:
         raise AoiError(f"{source} reaches beyond UTM's latitude range {UTM_LAT_RANGE}; polar areas are not supported.")
     return area
+
+
+def _check_degrees(geoms: gpd.GeoSeries, crs: CRS, source: str) -> None:
+    """Refuse coordinates that cannot be degrees although the CRS says so (a file with a wrong CRS label)."""
+    minx, miny, maxx, maxy = geoms.total_bounds
+    x_max, y_max = max(abs(minx), abs(maxx)), max(abs(miny), abs(maxy))
+    if x_max > 360 or y_max > 90:
+        name = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.name
+        raise AoiError(
+            f"{source} coordinates look projected (x up to {x_max:.2g}, y up to {y_max:.2g}) but the file says "
+            f"{name}, which is in degrees. Give the file its real CRS (e.g. ogr2ogr -a_srs EPSG:32633 new.gpkg a.gpkg)."
+        )
 
 
 def _polygon_parts(geom: BaseGeometry) -> list[BaseGeometry]:
@@ -166,12 +195,17 @@ def _polygon_parts(geom: BaseGeometry) -> list[BaseGeometry]:
 
 
 def zone_parts(aoi_wgs84: BaseGeometry) -> list[tuple[int, bool, BaseGeometry]]:
-    """The AOI cut into (zone number, is_north, part in WGS84) pieces."""
-    minx, miny, maxx, maxy = aoi_wgs84.bounds
-    first = max(1, int(math.floor((minx + 180) / 6)) + 1)
-    last = min(60, int(math.floor((maxx + 180) / 6)) + 1)
+    """The AOI cut into (zone number, is_north, part in WGS84) pieces.
+
+    Only the zones that one of the AOI's polygons reaches are tried, so an AOI split at 180°
+    (Fiji, Chukotka) is cut into zones 60 and 1, not into the sixty zones between its bounds.
+    """
+    zones: set[int] = set()
+    for polygon in _polygon_list(aoi_wgs84):
+        minx, _, maxx, _ = polygon.bounds
+        zones.update(range(_zone_of(minx), _zone_of(maxx) + 1))
     parts = []
-    for zone in range(first, last + 1):
+    for zone in sorted(zones):
         west = -180 + 6 * (zone - 1)
         for north, (south, top) in ((True, (0.0, 90.0)), (False, (-90.0, 0.0))):
             part = aoi_wgs84.intersection(box(west, south, west + 6, top))
@@ -181,40 +215,193 @@ def zone_parts(aoi_wgs84: BaseGeometry) -> list[tuple[int, bool, BaseGeometry]]:
     return parts
 
 
-def build_grid(aoi_wgs84: BaseGeometry, cfg: GridConfig) -> AreaGrid:
-    """Cover the AOI with tiles, zone by zone."""
+def _zone_of(lon: float) -> int:
+    """The UTM zone (1..60) of a longitude; 180° itself belongs to zone 60."""
+    return min(60, max(1, int(math.floor((lon + 180) / 6)) + 1))
+
+
+def _polygon_list(geom: BaseGeometry) -> list[BaseGeometry]:
+    return [p for g in _polygon_parts(geom) for p in (g.geoms if g.geom_type == "MultiPolygon" else [g])]
+
+
+def build_grid(aoi_wgs84: BaseGeometry, cfg: GridConfig, progress: bool | None = None) -> AreaGrid:
+    """Cover the AOI with tiles, zone by zone.
+
+    `progress`: a progress bar per zone (True), one log line per zone (False), or the bar
+    when stderr is a terminal and the lines otherwise (None, the default).
+    """
     tiles: list[Tile] = []
     size = cfg.tile_size_m
-    ox, oy = cfg.origin_m
-    for zone, north, part in zone_parts(aoi_wgs84):
-        crs = utm_crs(zone, north)
-        to_utm = Transformer.from_crs(WGS84, crs, always_xy=True).transform
-        part_utm = shapely.transform(shapely.segmentize(part, DENSIFY_DEG), to_utm, interleaved=False)
-        minx, miny, maxx, maxy = part_utm.bounds
-        ix = np.arange(math.floor((minx - ox) / size), math.ceil((maxx - ox) / size))
-        iy = np.arange(math.floor((miny - oy) / size), math.ceil((maxy - oy) / size))
-        cols, rows = (a.ravel() for a in np.meshgrid(ix, iy))
-        cores = shapely.box(ox + cols * size, oy + rows * size, ox + (cols + 1) * size, oy + (rows + 1) * size)
-        shapely.prepare(part_utm)
-        # Keep tiles that share area with the part, beyond reprojection round-off.
-        keep = shapely.intersects(part_utm, cores) & ~shapely.touches(part_utm, cores)
-        sliver_area = SLIVER_PX * cfg.resolution_m * size
-        keep[keep] = shapely.area(shapely.intersection(cores[keep], part_utm)) > sliver_area
-        label = zone_label(zone, north)
-        for col, row, core in zip(cols[keep], rows[keep], cores[keep], strict=True):
-            core_bounds = core.bounds
-            b = cfg.buffer_m
-            buffered = (core_bounds[0] - b, core_bounds[1] - b, core_bounds[2] + b, core_bounds[3] + b)
-            tiles.append(
-                Tile(
-                    tile_id=f"{label}_{col:04d}_{row:04d}",
-                    grid=PixelGrid.from_bounds(crs, buffered, cfg.resolution_m),
-                    core_bounds=core_bounds,
+    b = cfg.buffer_m
+    parts = zone_parts(aoi_wgs84)
+    with _ZoneProgress(len(parts), progress) as report:
+        for zone, north, part in parts:
+            label = zone_label(zone, north)
+            crs = utm_crs(zone, north)
+            to_utm = Transformer.from_crs(WGS84, crs, always_xy=True).transform
+            part_utm = shapely.transform(shapely.segmentize(part, DENSIFY_DEG), to_utm, interleaved=False)
+            lattice = _Lattice.covering(size, cfg.origin_m, part_utm.bounds)
+            advance = report.start_zone(label, lattice.n_cells)
+            sliver_area = SLIVER_PX * cfg.resolution_m * size
+            cols, rows = _cells_overlapping(part_utm, lattice, sliver_area, advance)
+            for col, row in zip(cols.tolist(), rows.tolist(), strict=True):
+                core_bounds = lattice.cell_bounds(col, row)
+                buffered = (core_bounds[0] - b, core_bounds[1] - b, core_bounds[2] + b, core_bounds[3] + b)
+                tiles.append(
+                    Tile(
+                        tile_id=f"{label}_{col:04d}_{row:04d}",
+                        grid=PixelGrid.from_bounds(crs, buffered, cfg.resolution_m),
+                        core_bounds=core_bounds,
+                    )
                 )
-            )
+            report.end_zone(label, len(cols))
     if not tiles:
         raise AoiError("The AOI produced no tiles.")
     return AreaGrid(tiles)
+
+
+@dataclass(frozen=True)
+class _Lattice:
+    """The tile lattice over one zone part: cells [col0, col1) × [row0, row1) of `size` m from `origin`."""
+
+    size: float
+    origin: tuple[float, float]
+    col0: int
+    row0: int
+    col1: int
+    row1: int
+
+    @classmethod
+    def covering(cls, size: float, origin: Sequence[float], bounds: tuple[float, float, float, float]) -> _Lattice:
+        """The smallest block of lattice cells that covers `bounds` (minx, miny, maxx, maxy)."""
+        ox, oy = origin
+        minx, miny, maxx, maxy = bounds
+        return cls(
+            size,
+            (ox, oy),
+            math.floor((minx - ox) / size),
+            math.floor((miny - oy) / size),
+            math.ceil((maxx - ox) / size),
+            math.ceil((maxy - oy) / size),
+        )
+
+    @property
+    def n_cells(self) -> int:
+        return (self.col1 - self.col0) * (self.row1 - self.row0)
+
+    def cell_bounds(self, col: int, row: int) -> tuple[float, float, float, float]:
+        ox, oy = self.origin
+        s = self.size
+        return (ox + col * s, oy + row * s, ox + (col + 1) * s, oy + (row + 1) * s)
+
+
+def _cells_overlapping(
+    part_utm: BaseGeometry, lattice: _Lattice, sliver_area: float, advance: Callable[[int], None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cols, rows) of the lattice cells whose overlap with `part_utm` is more than `sliver_area`.
+
+    Cutting the whole part with every cell costs (cells × vertices of the part), which for
+    Russia is hours. Instead blocks of cells are tested before anything is cut (a quadtree):
+    a block is cut out of its parent block's piece of the AOI, so each cut handles only the
+    vertices near it. A block whose piece has no more than a sliver of area holds no tile; a
+    block whose piece misses less than one cell's worth of area (minus a sliver) is all tiles,
+    since no cell can then overlap less than a sliver; only the other blocks are halved again,
+    down to single cells on the AOI's boundary, where the overlap is measured. `advance(n)`
+    is called as the blocks' n cells are settled.
+    """
+    cell_area = lattice.size**2
+    cols: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    blocks = [(part_utm, lattice.col0, lattice.row0, lattice.col1, lattice.row1)]
+    while blocks:
+        geom, c0, r0, c1, r1 = blocks.pop()
+        n = (c1 - c0) * (r1 - r0)
+        rect = shapely.box(*lattice.cell_bounds(c0, r0)[:2], *lattice.cell_bounds(c1 - 1, r1 - 1)[2:])
+        piece = shapely.intersection(geom, rect)
+        area = piece.area
+        if area <= sliver_area:
+            advance(n)
+            continue
+        if n == 1 or n * cell_area - area < cell_area - sliver_area:
+            block_cols, block_rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
+            cols.append(block_cols.ravel())
+            rows.append(block_rows.ravel())
+            advance(n)
+            continue
+        # Halve the block across its longer side and settle each half on its own.
+        if c1 - c0 >= r1 - r0:
+            mid = (c0 + c1) // 2
+            blocks += [(piece, c0, r0, mid, r1), (piece, mid, r0, c1, r1)]
+        else:
+            mid = (r0 + r1) // 2
+            blocks += [(piece, c0, r0, c1, mid), (piece, c0, mid, c1, r1)]
+    if not cols:
+        return np.zeros(0, int), np.zeros(0, int)
+    return np.concatenate(cols), np.concatenate(rows)
+
+
+class _ZoneProgress:
+    """How far a grid job is, zone by zone: a rich progress bar per zone, or one log line per zone.
+
+    `action` names the job ("grid zone" while tiles are cut, "writing zone" for the GeoPackage)
+    and `unit` what the bar counts.
+    """
+
+    def __init__(self, n_zones: int, bars: bool | None, action: str = "grid zone", unit: str = "cells"):
+        self.n_zones = n_zones
+        self.bars = sys.stderr.isatty() if bars is None else bars
+        self.action = action
+        self.unit = unit
+        self.done_zones = 0
+        self._progress = None
+        self._task = None
+        self._started = 0.0
+
+    def __enter__(self) -> _ZoneProgress:
+        if self.bars:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn(f"{self.action} {{task.description}}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[tiles]}"),
+                console=Console(stderr=True),
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc_info)
+
+    def start_zone(self, label: str, total: int) -> Callable[[int], None]:
+        """Start a zone of `total` units; returns the function that advances its bar by n units."""
+        self._started = time.perf_counter()
+        if self._progress is None:
+            return lambda n: None
+        task = self._progress.add_task(label, total=total, tiles="")
+        self._task = task
+        return lambda n: self._progress.advance(task, n)
+
+    def end_zone(self, label: str, n_tiles: int) -> None:
+        self.done_zones += 1
+        seconds = time.perf_counter() - self._started
+        if self._progress is not None:
+            self._progress.update(self._task, tiles=f"{n_tiles} tiles")
+        else:
+            log.info(
+                "%s %s: %d tiles in %.1f s (zone %d of %d)",
+                self.action,
+                label,
+                n_tiles,
+                seconds,
+                self.done_zones,
+                self.n_zones,
+            )
 
 
 class AreaGrid:
@@ -254,6 +441,8 @@ class AreaGrid:
     ) -> AreaGrid:
         """The tiles named in `tile_ids` and/or whose core overlaps `geometry` / `bbox` (WGS84).
 
+        A `bbox` with minx > maxx spans the antimeridian (e.g. (179, -17, -179, -16)).
+
         With no argument, all tiles. With several, the tiles that meet every condition.
         """
         tiles = self.tiles
@@ -267,7 +456,7 @@ class AreaGrid:
                 )
             wanted = set(tile_ids)
             tiles = [t for t in tiles if t.tile_id in wanted]
-        shapes = [g for g in (geometry, box(*bbox) if bbox is not None else None) if g is not None]
+        shapes = [g for g in (geometry, bbox_geometry(bbox) if bbox is not None else None) if g is not None]
         if shapes:
             footprints = self.footprints_wgs84()
             for shape in shapes:
@@ -284,10 +473,12 @@ class AreaGrid:
         out = {}
         for crs, group in _group_by_crs(self.tiles).items():
             cores = gpd.GeoSeries(
-                [shapely.segmentize(box(*t.core_bounds), 500.0) for t in group],
-                index=[t.tile_id for t in group],
-                crs=crs,
+                shapely.segmentize(_core_boxes(group), 500.0), index=[t.tile_id for t in group], crs=crs
             ).to_crs(WGS84)
+            # A core reaching over 180° comes back with longitudes jumping from 180 to -180: cut it there.
+            wide = (cores.bounds["maxx"] - cores.bounds["minx"]) > 180
+            if wide.any():
+                cores[wide] = [split_at_antimeridian(g) for g in cores[wide]]
             out.update(cores.items())
         return gpd.GeoSeries(out, crs=WGS84).loc[self.tile_ids]
 
@@ -324,18 +515,38 @@ class AreaGrid:
         ]
         return cls(tiles)
 
-    def write_gpkg(self, path: str | Path) -> None:
-        """Write the grid: layer 'tiles' in WGS84, plus one layer per zone in its own UTM CRS."""
-        frame = self.to_geodataframe()
-        frame.to_file(path, layer=self.LAYER, driver="GPKG")
-        for crs, group in _group_by_crs(self.tiles).items():
-            native = frame[frame["utm_crs"] == crs].copy()
-            native = native.set_geometry([box(*t.core_bounds) for t in group], crs=crs)
-            native.to_file(path, layer=f"tiles_{crs.replace(':', '')}", driver="GPKG")
+    def write_gpkg(self, path: str | Path, progress: bool | None = None) -> None:
+        """Write the grid: layer 'tiles' in WGS84, plus one layer per zone in its own UTM CRS.
+
+        Zone by zone, so that a country's grid never holds all its WGS84 footprints in memory at
+        once. Tile ids start with their zone, so the zones' rows follow each other in id order.
+        `progress` as in `build_grid`.
+        """
+        groups = _group_by_crs(self.tiles)
+        # Cores that reach over 180° (zones 1 and 60 only) have two-part footprints: then all are
+        # written as multipolygons, as a GeoPackage layer holds one geometry type.
+        edge_zones = [crs for crs in groups if CRS.from_user_input(crs).to_epsg() % 100 in (1, 60)]
+        multi = any((AreaGrid(groups[crs]).footprints_wgs84().geom_type == "MultiPolygon").any() for crs in edge_zones)
+        with _ZoneProgress(len(groups), progress, action="writing zone", unit="tiles") as report:
+            for i, (crs, group) in enumerate(groups.items()):
+                label = group[0].zone
+                advance = report.start_zone(label, len(group))
+                frame = AreaGrid(group).to_geodataframe()
+                frame.to_file(path, layer=self.LAYER, driver="GPKG", mode="a" if i else "w", promote_to_multi=multi)
+                native = frame.set_geometry(_core_boxes(group), crs=crs)
+                native.to_file(path, layer=f"tiles_{crs.replace(':', '')}", driver="GPKG")
+                advance(len(group))
+                report.end_zone(label, len(group))
 
     @classmethod
     def read_gpkg(cls, path: str | Path) -> AreaGrid:
         return cls.from_geodataframe(gpd.read_file(path, layer=cls.LAYER))
+
+
+def _core_boxes(tiles: Sequence[Tile]) -> np.ndarray:
+    """Each tile's core as a box in its own CRS (made in one vectorised call)."""
+    minx, miny, maxx, maxy = np.array([t.core_bounds for t in tiles], dtype=float).reshape(-1, 4).T
+    return shapely.box(minx, miny, maxx, maxy)
 
 
 def _group_by_crs(tiles: Iterable[Tile]) -> dict[str, list[Tile]]:

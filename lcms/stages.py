@@ -28,6 +28,7 @@ stale, and fails with a message naming the missing input.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import time
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lcms import lineage
+from lcms import lineage, logs
 from lcms.layout import SAMPLE_CHUNK, SPATIAL_CHUNK, SPLIT_CODES, ArraySpec, StageLayout, StoreError, WriteSkipped
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Stage:
     # An AOI-level stage that covers every tile of the grid whose inputs are done, whatever tiles a run
     # selects (maps, report): a subset rerun redoes those tiles upstream and this product keeps the rest.
     covers_grid: Callable[[RunConfig], bool] = _never
+    # An AOI-level stage's staleness rule, "module:function": (config, store, tiles) -> str, the hash its
+    # done mark records; an output with the same hash is up to date. Default: `default_product_hash`.
+    product_hash: str | None = None
 
     # ------------------------------------------------------------------ derived
 
@@ -195,12 +199,64 @@ class Stage:
         tile_hash = self.tile_hash_of(store, tile, key, settings)
         if not overwrite and store.is_done(self.name, self.store_key(key), tile.tile_id, tile_hash):
             return {"status": "skipped", "seconds": 0.0}
+        store_key = self.store_key(key)
         try:
-            with lineage.recording(lineage.make_lineage(settings, self.tile_inputs(store, tile, key, settings))):
+            with (
+                logs.capture_tile_log() as lines,
+                lineage.recording(lineage.make_lineage(settings, self.tile_inputs(store, tile, key, settings))),
+            ):
                 self.make_tile(store, tile, key, settings, **secrets)
         except WriteSkipped:  # another run is writing the tile (on_busy "skip"), or just made it the same way
             return {"status": "skipped", "seconds": round(time.perf_counter() - start, 3)}
+        except Exception as exc:  # kept in the store beside the tile's done mark; `lcms tiles --failed` lists them
+            what = f"{self.name} {tile.tile_id}/{store_key}"
+            with contextlib.suppress(Exception):
+                store.write_failure_log(self.name, store_key, tile.tile_id, logs.failure_text(what, lines, exc))
+            raise
+        store.clear_failure_log(self.name, store_key, tile.tile_id)
         return {"status": "done", "seconds": round(time.perf_counter() - start, 3)}
+
+    # ------------------------------------------------------------------ AOI-level work
+
+    def product_name(self, config: RunConfig) -> str | None:
+        """The name of the AOI-level output this config makes (None: it makes none)."""
+        return self.product_of(config) if self.product_of is not None else None
+
+    def ready_tiles(self, config: RunConfig, store, grid):
+        """The tiles of `grid` whose tile-level inputs of this stage are all done (one listing per input and key)."""
+        ready = set(grid.tile_ids)
+        for name in self.inputs(config):
+            for key in self.input_store_keys(name, config) or []:
+                ready &= set(store.done_tiles(name, key))
+        return grid.select(tile_ids=[t for t in grid.tile_ids if t in ready])
+
+    def product_tiles(self, config: RunConfig, store, selected):
+        """The tiles an AOI-level output covers: every tile of the grid whose inputs are done when the
+        stage `covers_grid`, else the selected ones."""
+        return self.ready_tiles(config, store, store.read_grid()) if self.covers_grid(config) else selected
+
+    def product_inputs(self, config: RunConfig, store, tiles) -> list[dict]:
+        """The done marks an AOI-level output reads: every tile input of its tiles, and the AOI products."""
+        entries = []
+        for name in self.reads:
+            keys = self.input_store_keys(name, config)
+            if keys is None:
+                source = get_stage(name)
+                product = source.product_name(config)
+                record = store.product_record(name, product) if product else None
+                if record is not None:
+                    entries.append(lineage.input_entry(name, "-", product, record))
+                continue
+            for key in keys:
+                done = store.done_tiles(name, key)
+                entries += [lineage.input_entry(name, key, t, done[t]) for t in tiles.tile_ids if t in done]
+        return entries
+
+    def product_hash_of(self, config: RunConfig, store, tiles) -> str:
+        """What an AOI-level output depends on: its done mark records this; the same hash means up to date."""
+        if self.product_hash is not None:
+            return _resolve(self.product_hash)(config, store, tiles)
+        return default_product_hash(self, config, store, tiles)
 
     def tile_inputs(self, store, tile, key, settings) -> list[dict]:
         """The done marks one tile output reads: its tile inputs of the same year(s), and AOI products
@@ -222,6 +278,15 @@ class Stage:
                 if record is not None:
                     inputs.append(lineage.input_entry(name, "-", store.product, record))
         return inputs
+
+
+def default_product_hash(stage: Stage, config: RunConfig, store, tiles) -> str:
+    """The stage's settings, the years it covers, and the attempt of every input it reads."""
+    from lcms.config import params_hash
+
+    entries = stage.product_inputs(config, store, tiles)
+    inputs = sorted(f"{e['stage']}/{e['key']}/{e['name']}/{e['attempt']}" for e in entries)
+    return params_hash(lineage.as_params(stage.settings(config)), stage.input_years(config), inputs)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -278,6 +343,18 @@ def _feature_matrix(description: str) -> ArraySpec:
     )
 
 
+def _reference_settings(config: RunConfig):
+    # With reference.reviews, the stage also needs where `lcms serve` keeps the reviews (tasks/reference/reviews.py).
+    if not config.reference.reviews:
+        return config.reference
+    from lcms.config import ReviewsDatabaseConfig
+
+    serve = config.serve
+    postgis = (serve.postgis or config.change.postgis) if serve.database == "postgis" else None
+    where = ReviewsDatabaseConfig(database=serve.database, database_path=serve.database_path, postgis=postgis)
+    return config.reference.model_copy(update={"reviews_database": where})
+
+
 def _prediction_settings(config: RunConfig):
     return config.prediction
 
@@ -297,6 +374,7 @@ def _report_inputs(config: RunConfig) -> tuple[str, ...]:
 
 def _export_inputs(config: RunConfig) -> tuple[str, ...]:
     extra = ("prediction",) if config.export.confidence else ()
+    # Not "download": the imagery composites cover the tiles whose download is in the store, if any.
     return tuple(dict.fromkeys((config.export.source, *extra)))
 
 
@@ -433,6 +511,7 @@ register(
         ),
         tile_function="tasks.reference.tile:reference_tile",
         tile_hash="tasks.reference.tile:reference_tile_hash",
+        settings_of=_reference_settings,
         runs_when=_has_reference,
     )
 )
@@ -465,6 +544,7 @@ register(
         reads=("sampling",),
         covers_grid=lambda config: config.merge.scope == "all",
         product_of=lambda config: config.product,
+        product_hash="tasks.merge.dataset:merge_product_hash",
         years_of=lambda config: config.merge_years,
         arrays=(
             _feature_matrix("Features of every sample of the AOI; columns as in the `column` coordinate"),
@@ -504,6 +584,7 @@ register(
         config="training",
         reads=("merge",),
         product_of=lambda config: config.product,
+        product_hash="tasks.training.stage:training_product_hash",
         files=True,
         versioned=True,
         whole_aoi=True,
@@ -573,12 +654,14 @@ register(
 register(
     Stage(
         "export",
-        "Maps as Cloud-Optimised GeoTIFFs with STAC items, per UTM zone.",
+        "Maps and imagery composites as Cloud-Optimised GeoTIFFs with a STAC catalogue, per UTM zone.",
         Keying.AOI,
         config="export",
-        reads=("postprocess", "prediction"),
+        reads=("download", "postprocess", "prediction"),
         inputs_of=_export_inputs,
         covers_grid=_always,
+        product_of=lambda config: config.product,
+        files=True,  # the maps go to export.url (default <store>/maps); the product is their list, maps.json
         runs_when=_has_reference,
     )
 )
@@ -648,6 +731,7 @@ register(
         config="change",
         reads=("change",),
         product_of=lambda config: change_key(*config.change_years) if config.change_years else None,
+        product_hash="tasks.change.polygons:change_layer_hash",
         files=True,
         has_flow=False,
         runs_when=_has_change_years,
@@ -668,3 +752,22 @@ register(
         runs_when=_has_reference,
     )
 )
+
+# The accuracy assessment (issue 20 §2; tasks/accuracy/products.py): a probability sample of a year's map (or a pair
+# of years' change) and the estimates from its labels, per product and key (`map-2024`, `change-2023-2024`).
+# Made on demand by `lcms sample-design` and `lcms accuracy`, not by `lcms run`: no flow, no product of a config.
+for _name, _title in (
+    ("accuracy-sample", "A stratified random sample of map pixels for accuracy and area (lcms sample-design)."),
+    ("accuracy", "Accuracy and area estimates with 95 % intervals from the labelled sample (lcms accuracy)."),
+):
+    register(
+        Stage(
+            _name,
+            _title,
+            Keying.AOI_YEAR_PAIR,
+            reads=("export",),
+            files=True,
+            has_flow=False,
+            product_of=lambda config: None,
+        )
+    )

@@ -75,6 +75,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 import threading
@@ -191,7 +192,7 @@ class TileStore:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, product: str = DEFAULT_PRODUCT):
         self.url = url.rstrip("/")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = s3_storage_options(self.url, storage_options)  # with timeouts and retries
         self.product = product  # the product whose outputs this handle reads and writes
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.is_local = "file" in _protocols(self.fs)
@@ -257,6 +258,15 @@ class TileStore:
     def grid_url(self) -> str:
         return self._url(self._path("grid.gpkg"))
 
+    def serve_database_path(self) -> str:
+        """Default file of `lcms serve`'s embedded database (users, reviews): ``<store>/serve/lcms-serve.sqlite``.
+
+        Only for a local store: SQLite needs a local file (set serve.database_path for an s3:// store).
+        """
+        if not self.is_local:
+            raise StoreError(f"{self.url} is not a local folder: set serve.database_path to a local file")
+        return self._path("serve", "lcms-serve.sqlite")
+
     # ---------------------------------------------------------------- store-level
 
     def ensure_writable(self) -> None:
@@ -283,6 +293,9 @@ class TileStore:
         except StoreError:
             raise
         except Exception as exc:
+            remote = s3_error_message(self.url, exc)
+            if remote is not None:
+                raise StoreError(remote) from None
             raise StoreError(
                 f"Store URL {self.url!r} cannot be written ({type(exc).__name__}: {exc}). "
                 "Check that the folder can be created, or that the bucket exists and your credentials allow writing."
@@ -329,6 +342,11 @@ class TileStore:
             return json.loads(self.fs.cat_file(self._path("grid.json")))["params_hash"]
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except Exception as exc:  # the first read of every command: say clearly why S3 cannot be reached
+            remote = s3_error_message(self.url, exc)
+            if remote is None:
+                raise
+            raise StoreError(remote) from None
 
     def read_grid(self):
         from lcms.grid import AreaGrid
@@ -370,6 +388,38 @@ class TileStore:
         paths = self.fs.glob(f"{key_dir}/*/done.json")
         records = (DoneRecord.from_json(blob) for blob in self.fs.cat(paths).values()) if paths else ()
         return {r.tile_id: r for r in records}
+
+    def years(self, stage: str) -> list[int]:
+        """The years that hold outputs of a per-year tile stage (for this product, after features)."""
+        stage_dir = self._key_dir(stage, "").rstrip("/")
+        self.fs.invalidate_cache(stage_dir)
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(stage_dir, detail=False)]
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+    # ---------------------------------------------------------------- failed tiles
+
+    def _failure_log_path(self, stage: str, year: int | str, tile_id: str) -> str:
+        return f"{self.tile_dir(stage, year, tile_id)}/failed.log"
+
+    def write_failure_log(self, stage: str, year: int | str, tile_id: str, text: str) -> str:
+        """Keep the log of a tile's failed attempt beside its (absent or older) done mark; returns its URL."""
+        path = self._failure_log_path(stage, year, tile_id)
+        self._put_atomic(path, text.encode())
+        return self._url(path)
+
+    def clear_failure_log(self, stage: str, year: int | str, tile_id: str) -> None:
+        """Forget a tile's earlier failure once it is done."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._failure_log_path(stage, year, tile_id))
+
+    def failed_tiles(self, stage: str, year: int | str) -> dict[str, str]:
+        """The tiles of a stage and year whose last attempt failed: tile id -> URL of its log."""
+        key_dir = self._key_dir(stage, year)
+        self.fs.invalidate_cache(key_dir)
+        return {p.rstrip("/").split("/")[-2]: self._url(p) for p in self.fs.glob(f"{key_dir}/*/failed.log")}
 
     # ---------------------------------------------------------------- writing
 
@@ -481,6 +531,7 @@ class TileStore:
                 numbered = dataclasses.replace(record, extra={**record.extra, "version_number": number})
                 self._put_atomic(f"{product}/{attempt}/version.json", numbered.to_json().encode())
             superseded = _current_attempt(self.fs, product)
+            previous = self.product_record(stage, name)
             lease.confirm()  # no done mark once the lease is lost
             self._put_atomic(f"{product}/done.json", record.to_json().encode())
         except BaseException:
@@ -488,11 +539,47 @@ class TileStore:
                 self.fs.rm(f"{product}/{attempt}", recursive=True)
             lease.release()
             raise
+        try:
+            self._publish(stage, name, record, previous)
+        except Exception as exc:  # the commit stands; the next commit publishes again
+            log.warning("could not publish %s %r at its stable path (%s)", stage, name, exc)
         try:  # models keep every version; other products only the current one
             _remove_stale(self.fs, product, "", attempt, None if versioned else superseded, lease, versions=versioned)
         finally:
             lease.release()
         return record
+
+    def published_dir(self, stage: str, name: str) -> str:
+        """The stable folder holding a file product's current files, the same from run to run:
+        `<stage>/<product>/current/` for versioned products (models), the product's own folder otherwise
+        (`report/<product>/report.html`, `change-polygons/<product>/<from>-<to>/changes.gpkg`)."""
+        product = self.product_dir(stage, name)
+        return f"{product}/current" if get_stage(stage).versioned else product
+
+    def published_url(self, stage: str, name: str, file_name: str) -> str:
+        """Stable URL of one file of a file product's current version (for READMEs, bookmarks, links)."""
+        return self._url(f"{self.published_dir(stage, name)}/{file_name}")
+
+    def _publish(self, stage: str, name: str, record: DoneRecord, previous: DoneRecord | None) -> None:
+        """Copy a just-committed file product's files to its stable folder, each replaced in one step
+        (a rename locally, one PUT or server-side copy on S3), and drop the files the new version no longer has.
+        Runs under the product's lease, so two commits never publish at once."""
+        source, target = self.product_dir(stage, name), self.published_dir(stage, name)
+        for file_name in record.arrays:
+            src, dst = f"{source}/{record.attempt}/{file_name}", f"{target}/{file_name}"
+            if self.is_local:
+                Path(target).mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-")
+                os.close(fd)
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dst)
+            else:
+                self.fs.copy(src, dst)
+        for file_name in set(previous.arrays if previous else ()) - set(record.arrays):
+            if file_name not in ("done.json", "lease.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(f"{target}/{file_name}")
 
     def versions(self, stage: str, name: str) -> list[DoneRecord]:
         """Every kept version of a versioned file product (e.g. the models of a product), oldest first.
@@ -580,6 +667,97 @@ def _read_region(array: zarr.Array, region: tuple[slice, slice] | None, select: 
 def _protocols(fs) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+# S3 timeouts and retries. Without them a stalled endpoint hangs a stage for ever: botocore waits
+# up to its read timeout per attempt, and s3fs retries botocore's whole retry sequence 5 times more.
+# These are defaults of every s3:// filesystem LCMS makes (the store's, Zarr's and xarray's from the
+# same storage_options, and the scene files' and export's): connect and read timeouts, and botocore's
+# adaptive retries with backoff for throttling, 5xx, resets and timeouts. A stall longer than
+# about S3_FS_RETRIES × max_attempts × read_timeout (2 × 3 × 20 s) fails the call with botocore's
+# message, which names the endpoint ("Read timeout on endpoint URL: ..."). A config's
+# storage_options.config_kwargs override them key by key; the environment variables below change
+# the defaults.
+S3_CONNECT_TIMEOUT_ENV, S3_READ_TIMEOUT_ENV, S3_MAX_ATTEMPTS_ENV = (
+    "LCMS_S3_CONNECT_TIMEOUT",
+    "LCMS_S3_READ_TIMEOUT",
+    "LCMS_S3_MAX_ATTEMPTS",
+)
+S3_DEFAULTS = {"connect_timeout": 10.0, "read_timeout": 20.0, "max_attempts": 3}
+S3_FS_RETRIES = 2  # s3fs's own retry loop around botocore's (its default, 5, multiplies the budget by 5)
+
+
+def s3_error_message(url: str, exc: BaseException) -> str | None:
+    """One line saying why an S3 store cannot be reached and what to do, or None for other errors.
+
+    botocore's own messages name neither the store nor a remedy, and without this they reach
+    the user as a long traceback.
+    """
+    try:
+        from botocore import exceptions as boto
+    except ImportError:
+        return None
+    where = f"S3 store {url}"
+    if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
+        return (
+            f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+            "or use an instance profile)"
+        )
+    if isinstance(exc, boto.EndpointConnectionError | boto.ConnectTimeoutError | boto.ReadTimeoutError):
+        # botocore's message names the URL it could not reach ("Could not connect to the endpoint URL: ...").
+        return (
+            f"{where}: {exc}; check the network and the endpoint (AWS_ENDPOINT_URL or "
+            "store.storage_options.endpoint_url)"
+        )
+    if isinstance(exc, boto.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            return f"{where}: the AWS credentials were refused ({code}); check AWS_ACCESS_KEY_ID/… or AWS_PROFILE"
+    if isinstance(exc, PermissionError):  # s3fs turns AccessDenied into PermissionError
+        return f"{where}: access denied ({exc}); the credentials need s3:GetObject, s3:PutObject and s3:ListBucket"
+    return None
+
+
+def s3_storage_options(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`storage_options` for `url`, with LCMS's S3 timeouts and retries added as defaults when it is s3://."""
+    options = dict(storage_options or {})
+    if not str(url).startswith(("s3://", "s3a://")):
+        return options
+
+    def number(env: str, key: str, kind=float):
+        try:
+            return kind(os.environ.get(env) or S3_DEFAULTS[key])
+        except ValueError:
+            raise StoreError(f"{env} must be a number, got {os.environ[env]!r}") from None
+
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", number(S3_CONNECT_TIMEOUT_ENV, "connect_timeout"))
+    config.setdefault("read_timeout", number(S3_READ_TIMEOUT_ENV, "read_timeout"))
+    config.setdefault("retries", {"mode": "adaptive", "max_attempts": number(S3_MAX_ATTEMPTS_ENV, "max_attempts", int)})
+    options["config_kwargs"] = config
+    _bound_s3_waits()
+    return options
+
+
+def _bound_s3_waits() -> None:
+    """Two process-wide settings the storage options cannot carry (idempotent):
+
+    - s3fs's own retry loop (a class attribute) down to S3_FS_RETRIES;
+    - no "Expect: 100-continue" on S3 PUTs: aiohttp waits for the interim "100 Continue" with no
+      timeout at all (the read timeout starts only once the body is sent), so a PUT to a stalled
+      endpoint hung for ever whatever read_timeout said. A PUT is retried whole anyway.
+    """
+    with contextlib.suppress(ImportError):
+        import s3fs
+
+        s3fs.S3FileSystem.retries = min(s3fs.S3FileSystem.retries, S3_FS_RETRIES)
+    with contextlib.suppress(ImportError, AttributeError):
+        from botocore import handlers
+
+        handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS if h[1] is not handlers.add_expect_header]
+
+
+ABORT_REMOVALS, ABORT_SETTLE_SECONDS = 6, 0.5  # how an aborted attempt's folder is removed (see abort)
 
 
 class TileWriter:
@@ -791,8 +969,15 @@ class TileWriter:
         """Remove this attempt and give the lease up; the tile's previous state stays as it was."""
         self._closed = True
         try:
-            if self.store.fs.exists(self.path):
-                self.store.fs.rm(self.path, recursive=True)
+            # A failed array write (e.g. a full disk) can leave sibling chunk writes of the same call still
+            # running in zarr's event loop; they would recreate the folder just removed. Remove it until it stays gone.
+            for _ in range(ABORT_REMOVALS):
+                if not self.store.fs.exists(self.path):
+                    break
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    self.store.fs.rm(self.path, recursive=True)
+                time.sleep(ABORT_SETTLE_SECONDS)
+                self.store.fs.invalidate_cache(self.path)
         finally:
             self._lease.release()
 

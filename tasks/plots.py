@@ -1,4 +1,4 @@
-"""The project's charts, drawn with matplotlib: validation plots of the training stage and the report's charts.
+"""The project's charts, drawn with matplotlib: validation plots of the training stage, the report's charts and maps.
 
 Each `*_figure` function returns a matplotlib `Figure`, so that tests can read what was drawn
 (bar lengths, cell texts); `save_png`, `png_bytes` and `png_data_uri` turn a figure into a PNG
@@ -14,6 +14,9 @@ to be closed. Colours are "#rrggbb" legend colours (see lcms/legend.py).
 - `barh_figure`: grouped horizontal bars (class frequencies, class areas per year, importance
   of features without dates).
 - `roc_figure`: one-vs-rest ROC curves, one per class.
+- `class_map_figure`: a categorical map (land cover, change status) with easting/northing or
+  lon/lat on its axes and the CRS named, a scale bar (matplotlib's `AnchoredSizeBar`) and a
+  legend of the classes on it; the report's map thumbnails.
 """
 
 from __future__ import annotations
@@ -271,4 +274,107 @@ def roc_figure(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]], title:
         ax.legend(loc="lower right", fontsize=9)  # the curves hug the upper left corner
     else:
         ax.text(0.5, 0.6, "no class with both positives and negatives", ha="center", transform=ax.transAxes)
+    return fig
+
+
+# --------------------------------------------------------------------------- maps
+
+# A map class: (code in the array, name, "#rrggbb" colour).
+MapClass = tuple[int, str, str]
+
+
+def scale_bar_length(span: float) -> float:
+    """A round length (1, 2 or 5 × 10^k) of at most a quarter of `span`, for a scale bar."""
+    target = span / 4
+    if target <= 0:
+        raise ValueError(f"a map must have a positive width, got {span}")
+    power = 10 ** np.floor(np.log10(target))
+    return float(max(m * power for m in (1, 2, 5) if m * power <= target))
+
+
+def _distance_label(metres: float) -> str:
+    return f"{metres / 1000:g} km" if metres >= 1000 else f"{metres:g} m"
+
+
+def class_map_figure(
+    codes: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    crs: str,
+    classes: Sequence[MapClass],
+    title: str,
+    *,
+    longest_px: int = 480,
+    nodata_color: str = "#ffffff",
+) -> Figure:
+    """A categorical map: `codes` (y, x) drawn in its classes' colours over `bounds` (left, bottom, right, top).
+
+    The axes carry the map's coordinates (easting/northing in metres for a projected `crs`,
+    longitude/latitude for a geographic one) with the CRS named; a scale bar for projected
+    maps; a legend of the classes that occur on the map. Codes not in `classes` (0, no data)
+    are `nodata_color`, "no data" in the legend. The map itself is about `longest_px` pixels on its longest side.
+    """
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+    from pyproj import CRS
+
+    from lcms.legend import hex_to_rgb
+
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"a map is a 2-D array of integer codes, got {codes.dtype} {codes.shape}")
+    left, bottom, right, top = bounds
+    palette = np.tile(np.array(hex_to_rgb(nodata_color), dtype=np.uint8), (256, 1))
+    for code, _, color in classes:
+        palette[code] = hex_to_rgb(color)
+    present = set(np.unique(codes).tolist())
+    shown = [c for c in classes if c[0] in present]
+    keyed = shown + ([(-1, "no data", nodata_color)] if present - {c[0] for c in classes} else [])
+
+    # A fixed layout, in inches (constrained layout keeps moving an equal-aspect map between renders):
+    # the map `longest_px` on its longest side, tick labels and axis titles left and below, the legend right.
+    scale = longest_px / DPI / max(right - left, top - bottom)
+    map_w, map_h = (right - left) * scale, (top - bottom) * scale
+    margin_left, margin_bottom, margin_top = 1.05, 0.65, 0.35
+    legend_in = CHAR_IN * _longest([name for _, name, _ in keyed]) + 0.7
+    width = max(margin_left + map_w + legend_in, CHAR_IN * len(title) + margin_left)
+    height = margin_bottom + map_h + margin_top
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((margin_left / width, margin_bottom / height, map_w / width, map_h / height))
+    ax.imshow(palette[codes], extent=(left, right, bottom, top), interpolation="nearest", origin="upper")
+    ax.set_title(title, loc="left")
+
+    parsed = CRS.from_user_input(crs)
+    crs_name = f"{parsed.name} ({crs})" if parsed.name != crs else crs
+    if parsed.is_geographic:
+        ax.set_xlabel(f"longitude (°), {crs_name}")
+        ax.set_ylabel("latitude (°)")
+    else:
+        ax.set_xlabel(f"easting (m), {crs_name}", fontsize=9)
+        ax.set_ylabel("northing (m)", fontsize=9)
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        length = scale_bar_length(right - left)
+        ax.add_artist(
+            AnchoredSizeBar(
+                ax.transData,
+                length,
+                _distance_label(length),
+                loc="lower left",
+                pad=0.4,
+                borderpad=0.6,
+                sep=3,
+                size_vertical=(top - bottom) / 80,
+                frameon=True,
+            )
+        )
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(4, steps=[1, 2, 5, 10]))
+    ax.tick_params(labelsize=8)
+    handles = [Patch(facecolor=color, edgecolor=EDGE_COLOR, linewidth=0.5, label=name) for _, name, color in keyed]
+    if shown:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return fig

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -11,6 +14,12 @@ from postgis_server import postgis_dsn  # noqa: F401 - PostGIS test server fixtu
 
 from lcms.prefect_env import configure_prefect_defaults
 
+# The commands the tests run keep their history and temporary files in a folder of the session's own
+# (lcms/runtime.py), and Prefect's ephemeral servers theirs: never in the user's ~/.prefect or ./lcms-runs.
+_SESSION_HOME = tempfile.mkdtemp(prefix="lcms-test-home-")
+atexit.register(shutil.rmtree, _SESSION_HOME, True)
+os.environ.setdefault("LCMS_HOME", _SESSION_HOME)
+os.environ.setdefault("PREFECT_HOME", os.path.join(os.environ["LCMS_HOME"], "prefect"))
 configure_prefect_defaults()
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +92,13 @@ def sentinel_hub(monkeypatch):
         monkeypatch.setenv("SH_CLIENT_ID", service.client_id)
         monkeypatch.setenv("SH_CLIENT_SECRET", service.client_secret)
         yield service
+
+
+@pytest.fixture(scope="session")
+def serve_world(tmp_path_factory):
+    """`lcms serve --demo` over a small store with change polygons and users of every role (serve_support.py)."""
+    from serve_support import World
+
+    world = World(tmp_path_factory.mktemp("serve"))
+    yield world
+    world.close()

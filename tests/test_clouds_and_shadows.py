@@ -5,6 +5,9 @@ sun angles, and which source errors are worth a retry."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +27,7 @@ from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS, NATIVE_RESOLUTION_M
 from lcms.store import TileStore
-from tasks.download import shadow
+from tasks.download import cloud_mask, shadow
 from tasks.download.errors import PermanentSourceError, TransientSourceError, is_retryable, retry_condition
 from tasks.download.file_source import FileSource
 from tasks.download.sentinelhub_source import SentinelHubSource
@@ -132,8 +135,11 @@ def test_shadows_match_the_synthetic_truth(shadow_tile):
     recall = (found & attributable).sum() / attributable.sum()
     recall_all = (found & true_shadow).sum() / true_shadow.sum()
     print(f"shadow precision {precision:.3f}, recall {recall:.3f} (of all true shadow: {recall_all:.3f})")
-    assert precision >= 0.8, precision  # measured 0.999
-    assert recall >= 0.8, recall  # measured 0.88; shadows of clouds outside the tile cannot be found
+    assert precision >= 0.8, precision  # measured 0.995
+    assert recall >= 0.8, recall  # measured 0.90 (of the shadows whose cloud is inside the tile)
+    # Every true shadow pixel of the tile, also those cast by clouds beyond its edges (the margin):
+    # measured 0.90 (0.57 without the margin, tile_edge_context: false).
+    assert recall_all >= 0.8, recall_all
     # valid = data and not cloud and not shadow, exactly
     expected = reader.read("data_mask") & ~reader.read("cloud_mask") & ~found
     np.testing.assert_array_equal(reader.read("valid_mask"), expected)
@@ -151,6 +157,44 @@ def test_shadows_can_be_left_in(shadow_tile, tmp_path):
     r = store.open_tile("download", 2023, "33N_n")
     assert not r.read("shadow_mask").any()
     np.testing.assert_array_equal(r.read("valid_mask"), r.read("data_mask") & ~r.read("cloud_mask"))
+
+
+def test_clouds_beyond_the_tile_edge_cast_shadows_into_it():
+    """A cloud wholly south of a tile, the sun in the south: only the margin sees the cloud whose
+    shadow darkens the tile. Without the margin nothing is found; with it exactly the dark square."""
+    grid = PixelGrid(UTM33, (10.0, 0.0, 460_000.0, 0.0, -10.0, 5_100_000.0), (128, 128))
+    n_t, when = 5, 2
+    bands = np.full((n_t, 128, 128, len(L1C_BANDS)), 2500, np.uint16)
+    bands += np.arange(n_t, dtype=np.uint16)[:, None, None, None] * 10  # a little change from date to date
+    # The cloud: 320 m square, 480-800 m south of the tile's bottom edge (y 5 098 720), on the 160 m
+    # lattice; at 1000 m height and zenith 45° its shadow lies 1000 m north: rows 44-76, columns 48-80.
+    shade = np.zeros((128, 128), bool)
+    shade[44:76, 48:80] = True
+    bands[when][shade] = bands[when][shade] // 2
+    data = np.ones((n_t, 128, 128), bool)
+    cfg = CloudMaskConfig()
+    sun = np.tile([180.0, 45.0], (n_t, 1))
+    region = (slice(0, 128), slice(0, 128))
+
+    def found(margin: bool) -> np.ndarray:
+        ts = shadow.TileShadows(grid, n_t, sun, L1C_BANDS, cfg)
+        ts.add(region, bands, data, np.zeros_like(data))
+        if margin:
+            pad = ts.margin()
+            assert pad[0] == pad[2] == pad[3] == 0 and pad[1] * 40 >= 1000  # towards the sun only
+            coarse = ts.margin_grid(pad)
+            x, y = coarse.x_coords()[None, :], coarse.y_coords()[:, None]
+            cloud = np.zeros((n_t, *coarse.shape), bool)
+            cloud[when] = (x > 460_480) & (x < 460_800) & (y > 5_098_240) & (y < 5_098_560)
+            assert cloud[when].sum() == 4
+            ts.set_margin(pad, coarse, cloud)
+        ts.finish()
+        return ts.masks(region)
+
+    assert not found(margin=False).any()
+    expected = np.zeros((n_t, 128, 128), bool)
+    expected[when] = shade
+    np.testing.assert_array_equal(found(margin=True), expected)
 
 
 def test_sun_position_against_solar_geometry():
@@ -266,6 +310,117 @@ def patch_refl(shared_data):
     refl = np.load(folder / "l1c_scenes.npy")[:, :SIZE, :SIZE, :].astype(np.float64)
     times = np.array([meta["index_to_timestamp"][str(i)] for i in range(len(refl))], dtype="datetime64[s]")
     return refl, times
+
+
+def _artifacts() -> Path:
+    folder = Path(os.environ.get("LCMS_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "lcms-test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_real_scene_cloud_and_shadow_overlay(patch_refl, shared_data):
+    """Cloud and shadow masks on the Slovenia patch's real L1C scenes, drawn over true colour into
+    $LCMS_TEST_ARTIFACTS/cloud-shadow-real-scenes.png to be looked at.
+
+    1. The five real scenes as their own time series: two are overcast and three clear, so none
+       has a cloud shadow: (almost) no shadow may be found.
+    2. Real spectra with a planted shadow: a real cloud shape (the s2cloudless probability of a
+       partly cloudy frame of the patch, as cloud fraction) mixes the real overcast scene of
+       2015-08-20 over the real clear ground of 2015-08-30 (probability 0.3-0.7 -> fraction
+       0-1), and the same shape, moved away from
+       that date's sun as a cloud 300 m high would cast it, darkens the ground by up to 55 %
+       before the mixing; with the other clear scenes as the year. Not a real acquisition: the
+       shadow's truth is known, its spectra are real ground spectra dimmed.
+    """
+    refl, times = patch_refl
+    cfg = CloudMaskConfig()
+    n, h, w = refl.shape[:3]
+    region = (slice(0, h), slice(0, w))
+    origin = cloud_mask.lattice_origin(PATCH_GRID)
+
+    def masks(dn, when):
+        data = np.ones(dn.shape[:3], bool)
+        _, cloud = cloud_mask.cloud_masks(dn, L1C_BANDS, data, 10.0, cfg, origin=origin)
+        sun = np.stack(shadow.sun_position(when, *shadow.grid_lonlat(PATCH_GRID)), axis=-1)
+        ts = shadow.TileShadows(PATCH_GRID, len(dn), sun, L1C_BANDS, cfg)
+        ts.add(region, dn, data, cloud)
+        ts.finish()
+        return cloud, ts.masks(region)
+
+    def dn(r):
+        return np.rint(np.clip(r, 0, 6.5) * 10_000).astype(np.uint16)
+
+    order = np.argsort(times)
+    real, real_times = dn(refl[order]), times[order]
+    real_cloud, real_shadow = masks(real, real_times)
+
+    # 2. A planted shadow under a real cloud shape.
+    folder = shared_data / "slovenia-testpatch" / "eopatch"
+    clp = np.load(folder / "data" / "CLP.npy")[20, :h, :w, 0].astype(np.float64)  # 25 % cloud in CLM
+    # Clear (no haze) below 0.3, opaque above 0.7; turned by 180° so that the cloud lies south-east
+    # and its shadow (north-west of it, away from the sun) falls inside the patch.
+    fraction = np.clip((clp - 0.3) / 0.4, 0.0, 1.0)[::-1, ::-1]
+    when = times[0]  # 2015-08-20, the overcast scene's date
+    azimuth, zenith = (float(v[0]) for v in shadow.sun_position(np.array([when]), *shadow.grid_lonlat(PATCH_GRID)))
+    d_px = 300.0 * np.tan(np.deg2rad(zenith)) / 10.0
+    # Away from the sun (rows grow southwards): the cloud fraction at p - shift shades p.
+    dy, dx = int(round(d_px * np.cos(np.deg2rad(azimuth)))), int(round(-d_px * np.sin(np.deg2rad(azimuth))))
+    assert dy < 0 and dx < 0  # the morning sun in the south-east: shadows to the north-west
+    opacity = np.zeros((h, w))
+    rows, cols = np.mgrid[0:h, 0:w]
+    src_r, src_c = rows - dy, cols - dx
+    inside = (src_r >= 0) & (src_r < h) & (src_c >= 0) & (src_c < w)
+    opacity[inside] = fraction[src_r[inside], src_c[inside]]
+    ground = refl[3] * (1.0 - 0.55 * opacity)[..., None]
+    composite = fraction[..., None] * refl[0] + (1.0 - fraction[..., None]) * ground
+    series_times = np.array([times[4], when, times[3], times[2]])
+    series = dn(np.stack([refl[4], composite, refl[3], refl[2]]))
+    cloud, found = masks(series, series_times)
+    truth = (opacity >= 0.5) & ~cloud[1]
+    precision = (found[1] & truth).sum() / max(found[1].sum(), 1)
+    recall = (found[1] & truth).sum() / truth.sum()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb_index = [L1C_BANDS.index(b) for b in ("B04", "B03", "B02")]
+
+    def overlay(ax, bands, cloud_px, shadow_px, title, outline=None):
+        rgb = np.clip(bands[..., rgb_index] / 10_000 * 3.0, 0, 1)
+        rgb[cloud_px] = 0.55 * rgb[cloud_px] + 0.45 * np.array([1.0, 0.1, 0.1])
+        rgb[shadow_px] = 0.45 * rgb[shadow_px] + 0.55 * np.array([0.1, 0.3, 1.0])
+        ax.imshow(rgb, interpolation="nearest")
+        if outline is not None and outline.any():
+            ax.contour(outline, levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(f"{title}\ncloud {cloud_px.mean():.0%}, shadow {shadow_px.mean():.1%}", fontsize=8)
+        ax.axis("off")
+
+    fig, axes = plt.subplots(2, 5, figsize=(15, 7.2))
+    for i in range(n):
+        overlay(axes[0, i], real[i], real_cloud[i], real_shadow[i], f"real scene {str(real_times[i])[:10]}")
+    overlay(axes[1, 0], series[1], np.zeros((h, w), bool), np.zeros((h, w), bool), "planted: true colour")
+    overlay(axes[1, 1], series[1], cloud[1], found[1], f"planted: masks, P {precision:.2f} R {recall:.2f}", truth)
+    overlay(axes[1, 2], dn(ground), np.zeros((h, w), bool), truth, "planted: the shaded ground, true shadow")
+    for ax in axes[1, 3:]:
+        ax.axis("off")
+    fig.suptitle(
+        "Cloud mask (red), shadow mask (blue), true shadow outline (yellow) over true colour: Slovenia test patch "
+        "(real Sentinel-2 L1C, 96 × 96 px at 10 m); bottom: real spectra with a planted shadow",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = _artifacts() / "cloud-shadow-real-scenes.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}; real scenes: shadow {real_shadow.mean():.4f}; planted: precision {precision:.3f}, "
+          f"recall {recall:.3f}, true shadow {truth.mean():.3f}")  # fmt: skip
+    overcast = np.isin(order, (0, 1))  # scenes 0 and 1 (07-31, 08-20) are overcast, the rest clear
+    assert real_cloud[overcast].mean() > 0.9 and real_cloud[~overcast].mean() < 0.05
+    assert real_shadow.mean() < 0.005
+    assert truth.mean() > 0.05
+    assert precision >= 0.8 and recall >= 0.6, (precision, recall)
 
 
 def test_file_source_l2a_scl_and_sun(patch_refl, tmp_path):

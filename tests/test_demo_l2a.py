@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from small_demo import small_demo
 
 from lcms.config import load_config
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
@@ -27,14 +28,7 @@ def test_demo_l2a_runs_every_stage(tmp_path):
     data = yaml.safe_load((REPO / "examples" / "demo-l2a.yaml").read_text())
     assert data["download"]["source"]["collection"] == "L2A" and data["download"]["cloud_mask"]["method"] == "scl"
     assert data["store"]["url"] == "../lcms-runs/demo-l2a/store"
-    data["aoi"]["bbox"] = [460_000, 5_090_000, 465_000, 5_092_500]  # two tiles instead of four
-    data["download"]["source"]["dates_per_year"] = 8
-    data["store"]["url"] = str(tmp_path / "store")
-    data["reference"]["path"] = str(tmp_path / "reference.gpkg")
-    data["sampling"]["count"] = 1000
-    data["training"]["num_boost_round"] = 30
-    path = tmp_path / "demo-l2a.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = small_demo("demo-l2a.yaml", tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     lcms = [sys.executable, "-m", "lcms.cli"]
 

@@ -24,7 +24,7 @@ COMPOSE = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-LCMS_SERVICES = {"prefect-server", "deploy", "worker"}  # the services that run the LCMS image
+LCMS_SERVICES = {"prefect-server", "deploy", "worker", "serve"}  # the services that run the LCMS image
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -152,7 +152,7 @@ def test_the_default_image_name_is_the_one_the_config_and_the_ecs_deployments_us
 
 
 def test_the_stack_has_its_services_built_from_the_dockerfile():
-    assert set(SERVICES) == {"postgres", "prefect-server", "minio", "buckets", "deploy", "worker"}
+    assert set(SERVICES) == {"postgres", "prefect-server", "minio", "buckets", "deploy", "worker", "postgis", "serve"}
     for name in LCMS_SERVICES:
         build = SERVICES[name]["build"]
         context = (REPO / "docker" / build["context"]).resolve()
@@ -170,7 +170,7 @@ def test_third_party_images_are_pinned():
 
 def test_long_running_services_have_healthchecks_and_start_in_order():
     long_running = {n for n, s in SERVICES.items() if s.get("restart") == "unless-stopped"}
-    assert long_running == {"postgres", "prefect-server", "minio", "worker"}
+    assert long_running == {"postgres", "prefect-server", "minio", "worker", "postgis", "serve"}
     for name in long_running:
         check = SERVICES[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL") and check["retries"] >= 3, name
@@ -178,6 +178,7 @@ def test_long_running_services_have_healthchecks_and_start_in_order():
     assert condition["prefect-server"] == {"postgres": "service_healthy"}
     assert condition["buckets"] == {"minio": "service_healthy"}
     assert condition["deploy"] == {"prefect-server": "service_healthy"}
+    assert condition["serve"] == {"postgis": "service_healthy"}
     assert condition["worker"] == {
         "prefect-server": "service_healthy",
         "buckets": "service_completed_successfully",

@@ -203,6 +203,8 @@ def test_report_embeds_its_charts():
     assert fig.axes[0].texts[0].get_text() == "2023: 500.0 ha"
 
     transitions = np.diag([500.0, 300.0, 0.0, 0.0]).tolist()
+    classes = [(c.code, c.name, c.color) for c in legend]
+    land_cover = plots.class_map_figure(np.ones((4, 8), np.uint8), (0, 0, 80, 40), "EPSG:32633", classes, "2023")
     data = SimpleNamespace(
         model="m",
         years=[2023, 2024],
@@ -214,7 +216,7 @@ def test_report_embeds_its_charts():
         change_summary={"polygons": 0, "area_ha": 0.0, "transitions": []},
         largest_changes=[],
         accuracy=None,
-        thumbnails=[{"file": "map_2023_33N.png", "title": "Land cover 2023"}],
+        thumbnails=[{"id": "map-2023-33N", "title": "Land cover 2023", "figure": land_cover}],
     )
     html = render_html(data, ["report.json"])
     assert "<svg" not in html
@@ -222,4 +224,6 @@ def test_report_embeds_its_charts():
     assert [name for name, _ in charts] == ["areas-chart", "transitions-chart"]
     for _, payload in charts:
         assert_not_blank(base64.b64decode(payload))
-    assert '<img src="map_2023_33N.png"' in html  # thumbnails stay files beside the page
+    # the maps are embedded too: the page needs no file beside it
+    maps = re.findall(r'<img id="map-2023-33N" src="data:image/png;base64,([^"]+)"', html)
+    assert len(maps) == 1 and base64.b64decode(maps[0]) == plots.png_bytes(land_cover)

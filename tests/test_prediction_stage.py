@@ -179,7 +179,8 @@ def test_export_flow_writes_valid_cogs_equal_to_the_tiles(trained, tmp_path):
         expected = store.open_tile("prediction", 2023, tile.tile_id).read("confidence", tile.core_window)
         np.testing.assert_array_equal(src.read(1, window=window), expected)
     item = pystac.Item.from_file(str(maps / "land-cover_2023_33N_labels.json"))
-    assert item.assets["data"].href == str(labels_tif)
+    assert item.assets["data"].href == "./land-cover_2023_33N_labels.tif"  # relative: the folder can move
+    assert item.assets["data"].get_absolute_href() == str(labels_tif)
     assert item.properties["start_datetime"].startswith("2023-01-01")
 
     with pytest.raises(Exception, match="postprocess stage's output"):

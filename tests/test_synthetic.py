@@ -187,10 +187,12 @@ def test_ndvi_follows_class_phenology(year_tile):
     assert mean_ndvi(2, winter) > 0.4
     assert mean_ndvi(3, summer) > mean_ndvi(3, winter) + 0.15
     assert mean_ndvi(8, summer) < 0.25 and mean_ndvi(8, winter) < 0.25
-    # Water stays negative all year; thin cloud (opacity < 0.5, not in cloud_mask) pulls it towards 0.
+    # Water stays negative all year; thin cloud (opacity < 0.5, not in cloud_mask) pulls it towards 0,
+    # and so do mixed pixels at the shore (whose lower right corner, 5 m off, is land): left out.
     cloud_free = scene.cloud_opacity(grid, tile.dates) == 0
+    corner = scene.land_cover(grid_at(620_005, 5_099_995, 128, res=40.0), 2023)
     for t in range(len(tile.dates)):
-        water = clear[t] & (lc == 5)
+        water = clear[t] & (lc == 5) & (corner == 5)
         if water.sum() > 20:
             assert np.median(v[t][water]) < 0
         water &= cloud_free[t]
@@ -302,3 +304,35 @@ def test_reference_polygons_rasterise_back_to_land_cover():
     assert set(half.geometry.to_wkb()) <= set(full.geometry.to_wkb())
     again = scene.reference_polygons(big, 2023, fraction=0.5)
     assert half.geometry.geom_equals(again.geometry).all()
+
+
+def test_reference_label_noise_confuses_small_polygons_only():
+    """With label_noise, about that share of the polygons up to 10 ha gets the class it is most easily
+    confused with; large polygons, water and the geometry stay as they are."""
+    scene = SyntheticScene(seed=12)
+    big = grid_at(505_000, 5_020_000, 250, res=20.0)
+    exact, noisy = scene.reference_polygons(big, 2023), scene.reference_polygons(big, 2023, label_noise=0.3)
+    assert exact.geometry.geom_equals(noisy.geometry).all()
+    changed = (exact["LULC_ID"] != noisy["LULC_ID"]).to_numpy()
+    small = (exact.geometry.area <= 100_000).to_numpy() & (exact["LULC_ID"] != 5).to_numpy()
+    assert not changed[~small].any()
+    assert 0.15 <= changed[small].mean() <= 0.45, changed[small].mean()
+    confused = {1: 3, 3: 4, 4: 3, 2: 4, 8: 3}  # cultivated -> grassland, grassland <-> shrubland, ...
+    for before, after in zip(exact["LULC_ID"][changed], noisy["LULC_ID"][changed], strict=True):
+        assert confused[before] == after
+    assert (noisy["LULC_NAME"] == noisy["LULC_ID"].map(LULC_NAMES)).all()
+
+
+def test_mixed_pixels_at_class_borders(year_tile):
+    """A pixel whose lower right corner lies in another class sees both: at the shore, water pixels
+    are greener than open water, while their label stays the centre's class."""
+    scene, grid, tile = year_tile
+    corner = scene.land_cover(grid_at(620_005, 5_099_995, 128, res=40.0), 2023)
+    lc = tile.land_cover
+    clear = scene.cloud_opacity(grid, tile.dates) == 0
+    clear &= tile.data_mask
+    v = ndvi(tile.bands)
+    shore = clear & ((lc == 5) & np.isin(corner, (1, 2, 3, 4)))[None]
+    open_water = clear & ((lc == 5) & (corner == 5))[None]
+    assert shore.sum() > 50 and open_water.sum() > 50
+    assert np.median(v[shore]) > np.median(v[open_water]) + 0.2

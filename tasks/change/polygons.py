@@ -111,6 +111,18 @@ def summarise(changes: gpd.GeoDataFrame, years: tuple[int, int], tiles: list[str
     }
 
 
+def change_layer_hash(config, store: TileStore, tiles=None) -> str:
+    """What the polygon layer of the config's pair of years depends on: its CRS and every finished tile
+    of the pair (the change-polygons stage's staleness rule, lcms/stages.py; `tiles` is not used: the
+    layer always covers every finished tile)."""
+    records = store.done_tiles("change", change_key(*config.change_years)).values()
+    return layer_hash_of(config.change, list(records))
+
+
+def layer_hash_of(cfg: ChangeConfig, tile_records: list[DoneRecord]) -> str:
+    return params_hash(cfg.crs, sorted(r.params_hash + r.attempt for r in tile_records))
+
+
 def write_change_layer(
     store: TileStore,
     tiles: list[Tile],
@@ -131,9 +143,9 @@ def write_change_layer(
         folder = Path(tmp)
         write_gpkg(changes, folder / "changes.gpkg")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-        layer_hash = params_hash(cfg.crs, sorted(r.params_hash + r.attempt for r in tile_records))
+        layer_hash = layer_hash_of(cfg, tile_records)
         record = store.put_files(PRODUCT, name, folder, layer_hash, extra={"polygons": len(changes)})
-    summary["url"] = store.file_url(PRODUCT, name, "changes.gpkg")
+    summary["url"] = store.published_url(PRODUCT, name, "changes.gpkg")
     summary["attempt"] = record.attempt
     if cfg.postgis is not None:
         if not postgis_dsn:

@@ -92,6 +92,7 @@ from rasterio.windows import Window, from_bounds
 from lcms.config import FileSourceConfig
 from lcms.geometry import PixelGrid
 from lcms.sentinel2 import L1C_BANDS, L2A_BANDS
+from lcms.store import s3_storage_options
 from tasks.download.errors import PermanentSourceError, TransientSourceError
 from tasks.download.sources import SourceError
 
@@ -298,6 +299,14 @@ def _s3_gdal_options(storage_options: dict) -> tuple[dict, dict]:
     )
     # Without READDIR disabled GDAL lists the folder of every file it opens: one more request each.
     options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
+    # The same budget as s3fs's (lcms.store.s3_storage_options): a stalled endpoint fails the read, not hangs it.
+    config = storage_options.get("config_kwargs") or {}
+    # (A read that moves under 1 byte/s for read_timeout seconds is a stall; a slow one goes on.)
+    for key, option in (("connect_timeout", "GDAL_HTTP_CONNECTTIMEOUT"), ("read_timeout", "GDAL_HTTP_LOW_SPEED_TIME")):
+        if config.get(key) and option not in os.environ:
+            options[option] = str(math.ceil(float(config[key])))
+    if "GDAL_HTTP_LOW_SPEED_TIME" in options and "GDAL_HTTP_LOW_SPEED_LIMIT" not in os.environ:
+        options["GDAL_HTTP_LOW_SPEED_LIMIT"] = "1"
     if endpoint:
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         # GDAL wants host:port, and path-style URLs for anything but AWS itself (moto, MinIO).
@@ -321,7 +330,7 @@ class FileSource:
 
     def __init__(self, cfg: FileSourceConfig, storage_options: dict | None = None):
         self.cfg = cfg
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = s3_storage_options(cfg.path, storage_options)  # S3 timeouts and retries
         self.band_names: tuple[str, ...] = L1C_BANDS if cfg.collection == "L1C" else L2A_BANDS
         #: What `read_layers` can add to the bands.
         self.layers: tuple[str, ...] = ("sun", "SCL") if cfg.collection == "L2A" else ("sun",)

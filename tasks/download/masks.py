@@ -11,8 +11,11 @@ up to three passes over the tile's blocks:
    tile's edges (with `tile_edge_context`) it is read from the source, so that every analysis
    cell is whole and overlapping tiles compute the same masks in their overlap.
 3. **Shadows and valid**: for `s2cloudless` and `sentinelhub`, the clouds of the whole tile
-   are matched to dark pixels (tasks/download/shadow.py); for `scl` the shadows are the
-   layer's class 3. valid = data and not cloud and (with `shadows`) not shadow.
+   are matched to dark pixels (tasks/download/shadow.py); with `tile_edge_context` so are the
+   clouds of a margin beyond the tile's edges, towards the sun, as far as the highest cloud's
+   shadow reaches (at most `shadow.MAX_MARGIN_M`), detected on a coarse grid read from the
+   source (`margin_clouds`). For `scl` the shadows are the layer's class 3. valid = data and
+   not cloud and (with `shadows`) not shadow.
 
 The sun's angles come from the source where it has them, else from the acquisition time
 (`shadow.sun_position`).
@@ -128,6 +131,24 @@ def read_context(writer, source, grid: PixelGrid, region, halo: int, dates, outs
     return bands, data_mask, cloud_mask.lattice_origin(context_grid), inner
 
 
+def margin_clouds(
+    source, grid: PixelGrid, dates: np.ndarray, method: str, cfg: CloudMaskConfig, needed: np.ndarray | None = None
+) -> np.ndarray:
+    """bool (t, y, x) cloud mask of a coarse `grid` around a tile (the shadow margin, see
+    tasks/download/shadow.py): Sentinel Hub's CLM, or s2cloudless at the grid's resolution,
+    only where `needed` (bool (t, y, x), default everywhere)."""
+    if method == "sentinelhub":
+        _, data_mask, extra = source.read_layers(grid, dates, ("CLM", "CLP"))
+        cloud = clm_masks(extra["CLM"], extra["CLP"], data_mask)[1]
+        return cloud if needed is None else cloud & needed
+    bands, data_mask = source.read(grid, dates)
+    if needed is not None:
+        data_mask &= needed
+    coarse = cfg.model_copy(update={"analysis_resolution_m": grid.resolution, "refine_resolution_m": None})
+    origin = cloud_mask.lattice_origin(grid)
+    return cloud_mask.cloud_masks(bands, source.band_names, data_mask, grid.resolution, coarse, origin=origin)[1]
+
+
 class _SunMean:
     """Each date's sun angles averaged over the blocks that report them (weighted by data pixels)."""
 
@@ -209,6 +230,11 @@ def fill_tile(writer, source, grid: PixelGrid, dates: np.ndarray, cfg: DownloadC
     # 3. shadows and valid data
     if shadows is not None:
         shadows.sun = shadow.fill_sun_angles(sun.mean(), dates, grid)
+        pad = shadows.margin() if clouds.tile_edge_context else (0, 0, 0, 0)
+        if any(pad):
+            margin_grid = shadows.margin_grid(pad)
+            needed = shadows.margin_needed(margin_grid)
+            shadows.set_margin(pad, margin_grid, margin_clouds(source, margin_grid, dates, method, clouds, needed))
         shadows.finish()
     valid_pixels = np.zeros(n_t, dtype=np.int64)
     for region, _ in blocks:

@@ -20,6 +20,14 @@ The model, from the ground up:
   that NDVI = (B08 - B04) / (B08 + B04) of the top-of-atmosphere result follows the class's
   double-logistic phenology curve. Path radiance (haze, strongest in the blue), a cloud
   layer, cloud shadows and a little sensor noise are added on top.
+* **What makes it hard to classify**, as real land cover is: grassland and shrubland have
+  nearly the same spectra and phenology, and natural patches vary in vigour (amplitude about
+  ±25 %), dryness (NDVI base ±0.04) and brightness (±10 %) by more than the two classes differ;
+  a tenth of the cultivated parcels are fodder grass, spectrally meadows (`_FODDER_SHARE`);
+  every year shifts each class's spring by up to ±4 days and its vigour by ±5 %; a pixel
+  whose lower right corner lies in another class is a half-and-half mix of both (mixed
+  pixels at borders, labelled by their centre); and `reference_polygons(label_noise=...)`
+  mislabels a share of the small polygons as a surveyor would (`_CONFUSED_WITH`).
 * **Clouds** are thresholded multi-octave noise, a new field for every date, with a smooth
   opacity ramp at the edges. The per-date coverage follows a U-shaped Beta distribution with
   mean `cloud_cover`, so that some dates are clear and some overcast.
@@ -224,7 +232,7 @@ _PHENOLOGY = {
     CULTIVATED: (0.20, 0.62, 115.0, 7.0, 200.0, 5.0),  # bare in winter, sharp peak in June, harvest in July
     FOREST: (0.58, 0.18, 120.0, 8.0, 285.0, 10.0),  # evergreen share keeps winter NDVI moderately high
     GRASSLAND: (0.35, 0.35, 95.0, 10.0, 250.0, 18.0),  # early spring green-up, slow summer drying
-    SHRUBLAND: (0.28, 0.20, 110.0, 10.0, 260.0, 15.0),  # low amplitude
+    SHRUBLAND: (0.34, 0.32, 99.0, 10.0, 253.0, 17.5),  # a little later and lower: close to grassland
     WATER: (-0.32, 0.10, 150.0, 10.0, 240.0, 10.0),  # slightly less negative with summer algae
     ARTIFICIAL: (0.08, 0.06, 120.0, 12.0, 275.0, 12.0),  # a few street trees and lawns
 }
@@ -236,7 +244,7 @@ _BACKGROUND = {
     CULTIVATED: (0.08, 0.09, 0.12, 0.16, 0.19, 0.21, 0.23, 0.24, 0.25, 0.09, 0.003, 0.32, 0.27),  # bare soil
     FOREST:     (0.02, 0.02, 0.04, 0.035, 0.07, 0.15, 0.18, 0.20, 0.21, 0.07, 0.002, 0.14, 0.07),  # dormant canopy
     GRASSLAND:  (0.05, 0.06, 0.09, 0.11, 0.15, 0.19, 0.21, 0.22, 0.23, 0.08, 0.003, 0.30, 0.22),  # dry grass
-    SHRUBLAND:  (0.06, 0.07, 0.10, 0.12, 0.15, 0.18, 0.20, 0.21, 0.22, 0.08, 0.003, 0.27, 0.20),  # soil, wood
+    SHRUBLAND:  (0.055, 0.065, 0.095, 0.115, 0.15, 0.185, 0.205, 0.215, 0.225, 0.08, 0.003, 0.285, 0.21),  # wood
     WATER:      (0.06, 0.06, 0.05, 0.03, 0.025, 0.02, 0.02, 0.02, 0.018, 0.006, 0.001, 0.01, 0.008),
     ARTIFICIAL: (0.11, 0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.08, 0.004, 0.24, 0.22),  # roofs, roads
 }
@@ -263,6 +271,20 @@ _TRANSITIONS = {
     GRASSLAND: (CULTIVATED, CULTIVATED, SHRUBLAND, ARTIFICIAL),  # ploughing, encroachment, construction
     SHRUBLAND: (FOREST, FOREST, CULTIVATED, GRASSLAND),  # succession, reclamation, clearing
 }
+
+
+# Reference label noise: the class a mislabelled polygon gets (the one a surveyor confuses it with).
+_CONFUSED_WITH = {
+    CULTIVATED: GRASSLAND,  # a fodder field taken for a meadow
+    GRASSLAND: SHRUBLAND,
+    SHRUBLAND: GRASSLAND,
+    FOREST: SHRUBLAND,  # young or open forest
+    ARTIFICIAL: GRASSLAND,  # a green urban area
+}
+#: Only polygons up to this area (m²) are mislabelled: a survey error is a field, not a region.
+_NOISE_MAX_AREA_M2 = 100_000.0
+#: Share of cultivated parcels that are fodder grass (a meadow's phenology on farmland).
+_FODDER_SHARE = 0.1
 
 
 def _table(values: dict[int, tuple], width: int) -> np.ndarray:
@@ -572,7 +594,17 @@ class SyntheticScene:
         xm, ym = _world_mm(grid)
         lc = self._land_cover(xm, ym, year)
 
-        const = self._pixel_constants(lc, xm, ym)
+        const = self._pixel_constants(lc, xm, ym, year)
+        # Mixed pixels: where the class at the pixel's lower right corner differs from its centre's,
+        # the pixel sees both, half and half (its label stays the centre's).
+        corner = self._land_cover(xm + 5_000, ym - 5_000, year)
+        mixed = corner != lc
+        if mixed.any():
+            other = self._pixel_constants(corner, xm, ym, year)
+            for name, value in const.items():
+                if name != "pixel_hash":
+                    w = mixed[..., None] if value.ndim == 3 else mixed
+                    const[name] = np.where(w, (value + other[name]) * F32(0.5), value)
         n_t = len(dates)
         bands = np.zeros((n_t, *grid.shape, N_BANDS), np.uint16)
         data_mask = np.ones((n_t, *grid.shape), bool)
@@ -594,25 +626,41 @@ class SyntheticScene:
             scl=scl,
         )
 
-    def _pixel_constants(self, lc: np.ndarray, xm: np.ndarray, ym: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-pixel, date-independent inputs of the rendering: spectra (in DN) and phenology."""
+    def _pixel_constants(self, lc: np.ndarray, xm: np.ndarray, ym: np.ndarray, year: int) -> dict[str, np.ndarray]:
+        """Per-pixel, date-independent inputs of the rendering of `year`: spectra (in DN) and phenology."""
         seed = self.seed
-        base, amp, sos, k_up, eos, k_down = (np.ascontiguousarray(_PHENO_T[lc, i]) for i in range(6))
-        shift = _fbm(_key(seed, _CH_PHENO), xm, ym, self._patch_mm, 2) * F32(8.0)  # +-8 days, regional
-        texture = F32(1.0) + F32(0.05) * _fbm(_key(seed, _CH_TEXTURE), xm, ym, 40_000, 2)
-        # Cultivated parcels: each field has its own crop calendar (40 % summer crops) and soil brightness.
+        # Fodder parcels: farmland with a meadow's phenology (spectrally a grassland).
         parcel = self._parcels(xm, ym)[0]
         crop = lc == CULTIVATED
-        u1, u2, u3 = (_unit(_hash(parcel, i)) for i in range(3))
-        summer_crop = crop & (u1 < 0.4)
+        u1, u2, u3, u4 = (_unit(_hash(parcel, i)) for i in range(4))
+        fodder = crop & (u4 < F32(_FODDER_SHARE))
+        pheno_class = np.where(fodder, GRASSLAND, lc)  # also its spectra: a fodder field is a meadow
+        base, amp, sos, k_up, eos, k_down = (np.ascontiguousarray(_PHENO_T[pheno_class, i]) for i in range(6))
+        shift = _fbm(_key(seed, _CH_PHENO), xm, ym, self._patch_mm, 2) * F32(8.0)  # +-8 days, regional
+        # Natural patches differ in vigour and dryness: about +-25 % amplitude, +-0.04 NDVI base.
+        vigour = _fbm(_key(seed, _CH_PHENO, 1), xm, ym, self._patch_mm, 2)
+        dryness = _fbm(_key(seed, _CH_PHENO, 2), xm, ym, self._patch_mm, 2)
+        natural = ~crop | fodder
+        amp = np.where(natural, amp * (F32(1.0) + F32(0.25) * vigour), amp)
+        base = np.where(natural, base + F32(0.03) * dryness, base)
+        # Each year has its own spring and vigour per class: -4..+4 days, -5..+5 % amplitude.
+        year_u = _unit(_hash(seed, _CH_PHENO, year, np.arange(256)))
+        year_v = _unit(_hash(seed, _CH_PHENO, year, np.arange(256), 1))
+        shift = shift + (year_u[pheno_class] - F32(0.5)) * F32(8.0)
+        amp = amp * (F32(0.95) + F32(0.1) * year_v[pheno_class])
+        texture = F32(1.0) + F32(0.05) * _fbm(_key(seed, _CH_TEXTURE), xm, ym, 40_000, 2)
+        # Natural patches differ in brightness too (soil, litter, stand density): +-10 %.
+        texture = np.where(natural, texture * (F32(1.0) + F32(0.08) * dryness), texture)
+        # Cultivated parcels: each field has its own crop calendar (40 % summer crops) and soil brightness.
+        summer_crop = crop & ~fodder & (u1 < 0.4)
         sos = np.where(summer_crop, sos + F32(35.0), sos)
         eos = np.where(summer_crop, eos + F32(50.0), eos)
-        shift = np.where(crop, (u2 - F32(0.5)) * F32(30.0), shift)
+        shift = np.where(crop, shift + (u2 - F32(0.5)) * F32(30.0), shift)
         texture = np.where(crop, texture * (F32(0.85) + F32(0.3) * u3), texture)
         # Brightness texture scales background and vegetation alike, so it is folded in once here.
         scale = (texture * F32(REFLECTANCE_SCALE))[..., None]
-        background = _BACKGROUND_T[lc] * scale  # (H, W, 13)
-        veg_diff = _VEG_DIFF_T[lc] * scale
+        background = _BACKGROUND_T[pheno_class] * scale  # (H, W, 13)
+        veg_diff = _VEG_DIFF_T[pheno_class] * scale
         return {
             "background": background,
             "veg_diff": veg_diff,
@@ -691,11 +739,15 @@ class SyntheticScene:
 
     # --- reference data --------------------------------------------------------------------
 
-    def reference_polygons(self, grid: PixelGrid, year: int, fraction: float = 1.0) -> gpd.GeoDataFrame:
+    def reference_polygons(
+        self, grid: PixelGrid, year: int, fraction: float = 1.0, label_noise: float = 0.0
+    ) -> gpd.GeoDataFrame:
         """Land cover of `year` as polygons (`LULC_ID`, `LULC_NAME`, geometry) in `grid.crs`.
 
         With `fraction` < 1 a seeded random subset is kept, chosen per polygon from its world
-        position, as real reference data only covers part of the area.
+        position, as real reference data only covers part of the area. With `label_noise` > 0
+        about that share of the polygons up to 10 ha is mislabelled, as a surveyor would: with
+        the class it is most easily confused with (`_CONFUSED_WITH`; water never).
         """
         lc = self.land_cover(grid, year)
         geoms, codes = [], []
@@ -707,8 +759,16 @@ class SyntheticScene:
             geometry=geoms,
             crs=grid.crs,
         )
+        corner = np.round(gdf.geometry.bounds[["minx", "maxy"]].to_numpy() * 1000).astype(np.int64)
+        if label_noise > 0.0 and len(gdf):
+            u = _unit64(_hash(self.seed, _CH_REFERENCE, year, corner[:, 0], corner[:, 1], 1))
+            codes = gdf["LULC_ID"].to_numpy()
+            wrong = (u < label_noise) & (gdf.geometry.area.to_numpy() <= _NOISE_MAX_AREA_M2)
+            wrong &= np.isin(codes, list(_CONFUSED_WITH))
+            codes = np.where(wrong, [_CONFUSED_WITH.get(int(c), int(c)) for c in codes], codes)
+            gdf["LULC_ID"] = codes.astype(np.int64)
+            gdf["LULC_NAME"] = [LULC_NAMES[int(c)] for c in codes]
         if fraction < 1.0 and len(gdf):
-            corner = np.round(gdf.geometry.bounds[["minx", "maxy"]].to_numpy() * 1000).astype(np.int64)
             u = _unit64(_hash(self.seed, _CH_REFERENCE, year, corner[:, 0], corner[:, 1]))
             gdf = gdf[u < fraction].reset_index(drop=True)
         return gdf
@@ -768,7 +828,9 @@ class SyntheticSource:
         return tile.bands, tile.data_mask, extra
 
 
-def area_reference_polygons(scene: SyntheticScene, tile_grids: list[PixelGrid], year: int, fraction: float = 1.0):
+def area_reference_polygons(
+    scene: SyntheticScene, tile_grids: list[PixelGrid], year: int, fraction: float = 1.0, label_noise: float = 0.0
+):
     """The scene's reference polygons over several tiles, in WGS84 (tiles may lie in several UTM zones).
 
     One raster per CRS covers the union of that CRS's tiles, so polygons are not cut at tile edges.
@@ -778,7 +840,8 @@ def area_reference_polygons(scene: SyntheticScene, tile_grids: list[PixelGrid], 
         bounds = np.array([g.bounds for g in tile_grids if g.crs == crs])
         area = (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
         resolution = min(g.resolution for g in tile_grids if g.crs == crs)
-        frames.append(scene.reference_polygons(PixelGrid.from_bounds(crs, area, resolution), year, fraction))
+        grid = PixelGrid.from_bounds(crs, area, resolution)
+        frames.append(scene.reference_polygons(grid, year, fraction, label_noise))
     merged = gpd.GeoDataFrame(
         {col: np.concatenate([f[col].to_numpy() for f in frames]) for col in ("LULC_ID", "LULC_NAME")},
         geometry=gpd.GeoSeries(np.concatenate([f.geometry.to_crs("EPSG:4326").to_numpy() for f in frames])),

@@ -34,6 +34,10 @@ the TIFF (colour map tag and GDAL_METADATA tag); GDAL category names would only 
 ``.aux.xml`` sidecar for GTiff, and rasterio has no API for them, so they are not written.
 GDAL's PAM (.aux.xml) is switched off while exporting, so no sidecar can be produced.
 
+Several bands (imagery composites, tasks/export/imagery.py): with `bands=N` (N > 1), `read(window)`
+returns (N, rows, cols); a pixel is nodata where every band is `nodata`, and with 3 bands the
+TIFF's colour interpretation is red, green, blue.
+
 `validate_cog` runs rio-cogeo's validator, also on ``s3://`` URLs. The STAC items describing
 the result are made by tasks/export/stac.py.
 """
@@ -60,7 +64,7 @@ import rasterio
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.dtypes import in_dtype_range
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 from rio_cogeo.cogeo import RIOResampling, cog_translate, cog_validate
@@ -68,6 +72,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from lcms.geometry import PixelGrid
 from lcms.legend import LegendClass, legend_colormap
+from lcms.runtime import remove_dead_temps_beside, temp_prefix_beside
 from tasks.export.publish import gdal_config, is_remote, local_path, upload_file
 
 log = logging.getLogger(__name__)
@@ -134,6 +139,7 @@ class ExportResult:
     n_tiles: int
     dtype: str = "uint8"
     nodata: float | None = 0
+    bands: int = 1
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ def export_cog(
     storage_options: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
     tmp_dir: str | None = None,
+    bands: int = 1,
 ) -> ExportResult:
     """Mosaic the pieces' cores into one COG at `url` (local path or fsspec URL); see the module docstring.
 
@@ -172,6 +179,10 @@ def export_cog(
     best use of GDAL's block cache; where pieces overlap, earlier pieces win.
     """
     pieces = list(pieces)
+    if not isinstance(bands, int) or bands < 1:
+        raise ExportError(f"bands must be a whole number ≥ 1, got {bands!r}")
+    if bands > 1 and legend:
+        raise ExportError("a legend (colour table) needs a one-band class map, not a map of several bands")
     compress_key = _check_options(pieces, nodata, compress, blocksize, overview_resampling, resampling)
     out_grid, placements = plan_output(pieces, crs=crs, resolution=resolution)
     remote = is_remote(url)
@@ -182,10 +193,12 @@ def export_cog(
     else:
         target = Path(local_path(url))
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Next to the target so that os.replace is an atomic rename on the same file system.
-        workdir = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # Next to the target so that os.replace is an atomic rename on the same file system; a killed
+        # export's folder there is removed by the next one.
+        remove_dead_temps_beside(target)
+        workdir = tempfile.mkdtemp(prefix=temp_prefix_beside(target), suffix=".tmp", dir=target.parent)
     try:
-        first = _read_core(placements[0].piece)
+        first = _read_core(placements[0].piece, bands)
         dtype = first.dtype
         _check_dtype(dtype, nodata, legend, placements[0].piece.tile_id)
         try:
@@ -198,7 +211,18 @@ def export_cog(
         cog = os.path.join(workdir, "cog.tif")
         with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=cache_mb):
             _write_mosaic(
-                mosaic, out_grid, placements, first, nodata, compress_key, blocksize, resampling, colormap, legend, tags
+                mosaic,
+                out_grid,
+                placements,
+                first,
+                nodata,
+                compress_key,
+                blocksize,
+                resampling,
+                colormap,
+                legend,
+                tags,
+                bands,
             )
             _translate(mosaic, cog, compress_key, blocksize, nodata, overview_resampling, colormap)
         os.remove(mosaic)  # free the disk before the upload / move
@@ -221,6 +245,7 @@ def export_cog(
         n_tiles=len(pieces),
         dtype=str(dtype),
         nodata=nodata,
+        bands=bands,
     )
 
 
@@ -393,11 +418,13 @@ def _warp_plan(pieces: Sequence[TilePiece], crs: str, res: float) -> tuple[Pixel
 # --------------------------------------------------------------------------- mosaic and COG
 
 
-def _read_core(piece: TilePiece) -> np.ndarray:
+def _read_core(piece: TilePiece, bands: int = 1) -> np.ndarray:
     data = np.asarray(piece.read(piece.core))
-    expected = piece.core_grid.shape
-    if data.ndim != 2:
-        raise ExportError(f"tile {piece.tile_id}: read() returned a {data.ndim}-D array {data.shape}, expected 2-D")
+    expected = piece.core_grid.shape if bands == 1 else (bands, *piece.core_grid.shape)
+    if data.ndim != len(expected):
+        raise ExportError(
+            f"tile {piece.tile_id}: read() returned a {data.ndim}-D array {data.shape}, expected {len(expected)}-D"
+        )
     if data.shape != expected:
         raise ExportError(
             f"tile {piece.tile_id}: read({piece.core}) returned shape {data.shape}, expected the core's {expected}"
@@ -423,13 +450,15 @@ def _write_mosaic(
     colormap: dict[int, tuple[int, int, int, int]] | None,
     legend: Sequence[LegendClass] | None,
     tags: Mapping[str, Any] | None,
+    bands: int = 1,
 ) -> None:
     dtype = first.dtype
+    indexes = 1 if bands == 1 else list(range(1, bands + 1))  # 2-D writes for one band, 3-D for several
     profile = {
         "driver": "GTiff",
         "width": out.width,
         "height": out.height,
-        "count": 1,
+        "count": bands,
         "dtype": dtype.name,
         "crs": out.crs,
         "transform": out.affine,
@@ -446,7 +475,7 @@ def _write_mosaic(
     with ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(path, "w+", **profile))
         for i, pl in enumerate(placements):
-            data = first if i == 0 else _read_core(pl.piece)
+            data = first if i == 0 else _read_core(pl.piece, bands)
             if data.dtype != dtype:
                 if not np.can_cast(data.dtype, dtype, casting="safe"):
                     raise ExportError(
@@ -461,11 +490,14 @@ def _write_mosaic(
             done = written[:i]
             if ((done[:, 0] < r1) & (done[:, 1] > r0) & (done[:, 2] < c1) & (done[:, 3] > c0)).any():
                 # Earlier pieces win: only fill what is still nodata.
-                existing = dst.read(1, window=window)
-                data = np.where(_is_nodata(existing, nodata), data, existing)
-            dst.write(data, 1, window=window)
+                existing = dst.read(indexes, window=window)
+                empty = _is_nodata(existing, nodata)
+                data = np.where(empty if bands == 1 else empty.all(axis=0), data, existing)
+            dst.write(data, indexes, window=window)
             written[i] = (r0, r1, c0, c1)
             del data
+        if bands == 3:
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
         if colormap:
             dst.write_colormap(1, colormap)
         if legend:
@@ -478,7 +510,7 @@ def _write_mosaic(
 def _reproject_piece(pl: _Placement, data: np.ndarray, out: PixelGrid, nodata: float, resampling: str) -> np.ndarray:
     src_grid = pl.piece.core_grid
     dst_grid = out.window(pl.rows, pl.cols)
-    dest = np.full(dst_grid.shape, nodata, dtype=data.dtype)
+    dest = np.full((*data.shape[:-2], *dst_grid.shape), nodata, dtype=data.dtype)
     reproject(
         source=data,
         destination=dest,

@@ -7,7 +7,8 @@ items in tasks/export/stac.py. Per year:
 - one labels map per UTM zone, from the post-processed (or the raw predicted) labels, with the
   legend's colour table and class names; with `export.crs`, one map of the whole AOI in that CRS;
 - beside it, the confidence map (the winning class's probability in percent), if configured;
-- a STAC item per map (``.json`` beside the ``.tif``), with the legend as classification classes.
+- a STAC item per map (``.json`` beside the ``.tif``), with the legend as classification classes,
+  its COG's href relative, in the collection of the product (the catalogue: tasks/export/stac.py).
 
 Names: ``<model>_<year>_<zone>_labels.tif`` (zone e.g. ``33N``, or ``all`` with export.crs).
 """
@@ -106,10 +107,15 @@ def export_year(
                 item_id=base,
                 start=start,
                 end=end,
-                asset_href=url,
+                asset_href=f"./{base}.tif",  # relative: the folder can move, or be synced to S3
                 title=f"{model_name} {kind} {year} ({zone})",
                 legend=map_legend,
+                collection=model_name,
+                catalogue_root=".",
                 properties={
+                    "lcms:product": model_name,
+                    "lcms:year": year,
+                    "lcms:zone": zone,
                     "lcms:model": model_name,
                     "lcms:model_version": version,
                     "lcms:lineage_id": lineage_id,

@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
+
+from lcms.store import s3_storage_options
 
 
 def is_remote(url: str) -> bool:
@@ -30,7 +33,7 @@ def local_path(url: str) -> str:
 
 def upload_file(local: str, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Copy the complete local file to `url` in one put (fsspec; `storage_options` for the file system)."""
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **s3_storage_options(url, storage_options))  # S3 timeouts, retries
     # One put of a complete file: S3 only shows the key once the (multipart) upload completes.
     fs.put_file(local, path)
     if hasattr(fs, "invalidate_cache"):
@@ -42,7 +45,7 @@ def gdal_config(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
     if not url.startswith("s3://"):
         return options
-    so = dict(storage_options or {})
+    so = s3_storage_options(url, storage_options)
     client_kwargs = so.get("client_kwargs") or {}
     endpoint = (
         so.get("endpoint_url")
@@ -64,4 +67,15 @@ def gdal_config(url: str, storage_options: Mapping[str, Any] | None = None) -> d
             options[option] = str(so[key])
     if so.get("anon"):
         options["AWS_NO_SIGN_REQUEST"] = "YES"
+    # The same budget as s3fs's (lcms.store.s3_storage_options): a stalled endpoint fails the read, not hangs it.
+    config = so.get("config_kwargs") or {}
+    # (A read that moves under 1 byte/s for read_timeout seconds is a stall; a slow one goes on.)
+    for key, option in (("connect_timeout", "GDAL_HTTP_CONNECTTIMEOUT"), ("read_timeout", "GDAL_HTTP_LOW_SPEED_TIME")):
+        if config.get(key) and option not in os.environ:
+            options[option] = str(math.ceil(float(config[key])))
+    if "GDAL_HTTP_LOW_SPEED_TIME" in options and "GDAL_HTTP_LOW_SPEED_LIMIT" not in os.environ:
+        options["GDAL_HTTP_LOW_SPEED_LIMIT"] = "1"
+    for option, value in (("GDAL_HTTP_MAX_RETRY", "3"), ("GDAL_HTTP_RETRY_DELAY", "1")):  # 429, 5xx
+        if option not in os.environ:
+            options[option] = value
     return options

@@ -5,6 +5,17 @@
   projection, raster and, with a legend, classification extensions on the COG asset.
 - `write_stac_item`: the item's JSON at a local path (atomic: temp file + os.replace) or an
   fsspec URL.
+- `write_catalogue`: the catalogue of a maps folder, rebuilt from the items found there: a root
+  `catalog.json` and one collection per product (and one for the imagery composites) under
+  `collections/`.
+
+Every href the export writes is relative (``./land-cover_2023_33N_labels.tif``,
+``../catalog.json``), so a maps folder stays valid when it is moved, copied or synced to S3:
+
+    <maps>/catalog.json                       root catalogue: a child link per collection
+    <maps>/collections/<id>.json              a collection (product, or "imagery"): an item link per item
+    <maps>/<product>_<year>_<zone>_<map>.json an item: root, parent and collection links; its COG beside it
+    <maps>/imagery/imagery_<period>_<zone>_<kind>.json   imagery composites (tasks/export/imagery.py)
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.warp import transform
 
 from lcms.legend import LegendClass, hex_to_rgb
+from lcms.runtime import remove_dead_temps_beside, temp_prefix_beside
 from tasks.export.cog import DENSIFY_PTS, WGS84, ExportError, ExportResult
 from tasks.export.publish import is_remote, local_path
 
@@ -67,8 +79,14 @@ def stac_item(
     extra_assets: Mapping[str, pystac.Asset] | None = None,
     properties: Mapping[str, Any] | None = None,
     asset_key: str = "data",
+    collection: str | None = None,
+    catalogue_root: str | None = None,
 ) -> pystac.Item:
-    """A STAC item for an exported COG: WGS84 footprint, time range, projection/raster/classification info."""
+    """A STAC item for an exported COG: WGS84 footprint, time range, projection/raster/classification info.
+
+    With `collection` and `catalogue_root` (the maps folder relative to the item's folder: "." or
+    ".."), the item names its collection and links to it and to the root catalogue, relatively.
+    """
     if end < start:
         raise ExportError(f"end {end} is before start {start}")
     props = {"title": title, **dict(properties or {})}
@@ -80,7 +98,13 @@ def stac_item(
         properties=props,
         start_datetime=start,
         end_datetime=end,
+        collection=collection,
     )
+    if collection is not None and catalogue_root is not None:
+        item.add_link(pystac.Link("root", f"{catalogue_root}/{CATALOGUE}", media_type=pystac.MediaType.JSON))
+        collection_href = f"{catalogue_root}/{COLLECTIONS}/{collection}.json"
+        for rel in ("parent", "collection"):
+            item.add_link(pystac.Link(rel, collection_href, media_type=pystac.MediaType.JSON))
     crs = CRS.from_user_input(result.crs)
     authority = crs.to_authority()
     proj = ProjectionExtension.ext(item, add_if_missing=True)
@@ -100,7 +124,7 @@ def stac_item(
         data_type=_stac_data_type(result.dtype),
         spatial_resolution=float(result.transform[0]),
     )
-    RasterExtension.ext(asset, add_if_missing=True).apply(bands=[band])
+    RasterExtension.ext(asset, add_if_missing=True).apply(bands=[band] * result.bands)
     if legend:
         classes = [
             Classification.create(
@@ -136,14 +160,20 @@ def _stac_data_type(dtype: str) -> DataType:
 
 def write_stac_item(item: pystac.Item, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write the item's JSON to a local path or an fsspec URL (local: temp file + os.replace)."""
-    text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
+    write_json(item.to_dict(include_self_link=False, transform_hrefs=False), url, storage_options)
+
+
+def write_json(document: Mapping[str, Any], url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """A JSON document at a local path (atomic: temp file + os.replace) or an fsspec URL (one put)."""
+    text = json.dumps(document, indent=2)
     if is_remote(url):
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
         fs.pipe_file(path, text.encode())
         return
     target = Path(local_path(url))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_dead_temps_beside(target)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix_beside(target), suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes files private; a catalogue must be readable by others
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -152,3 +182,100 @@ def write_stac_item(item: pystac.Item, url: str, storage_options: Mapping[str, A
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --------------------------------------------------------------------------- catalogue
+
+CATALOGUE = "catalog.json"
+COLLECTIONS = "collections"
+CATALOGUE_ID = "lcms-maps"
+IMAGERY_COLLECTION = "imagery"
+
+
+def read_items(folder: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """The STAC items of a maps folder (and of its imagery/ subfolder), by their path relative to it."""
+    fs, root = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+    root = root.rstrip("/")
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(root)
+    paths = sorted(fs.glob(f"{root}/*.json") + fs.glob(f"{root}/{IMAGERY_COLLECTION}/*.json"))
+    items = {}
+    for path, blob in (fs.cat(paths) if paths else {}).items():
+        try:
+            doc = json.loads(blob)
+        except ValueError:
+            continue  # not ours; the catalogue only lists items
+        if isinstance(doc, dict) and doc.get("type") == "Feature":
+            items[path[len(root) + 1 :]] = doc
+    return items
+
+
+def catalogue_documents(items: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """The root catalogue and the collections of `items` (path relative to the maps folder → item),
+    as JSON documents by their path relative to the maps folder; every link relative."""
+    by_collection: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for path, item in sorted(items.items()):
+        by_collection.setdefault(item.get("collection") or _collection_of(item), []).append((path, item))
+    documents: dict[str, dict] = {}
+    catalogue = pystac.Catalog(
+        id=CATALOGUE_ID, description="LCMS maps and imagery composites", title="LCMS maps", href=None
+    )
+    root_links = [
+        pystac.Link("root", f"./{CATALOGUE}", media_type=pystac.MediaType.JSON),
+        *[
+            pystac.Link("child", f"./{COLLECTIONS}/{cid}.json", media_type=pystac.MediaType.JSON, title=cid)
+            for cid in sorted(by_collection)
+        ],
+    ]
+    documents[CATALOGUE] = {**catalogue.to_dict(include_self_link=False), "links": [x.to_dict() for x in root_links]}
+    for cid, members in sorted(by_collection.items()):
+        bboxes = [m["bbox"] for _, m in members]
+        starts = [
+            _parse_time(m["properties"].get("start_datetime") or m["properties"].get("datetime")) for _, m in members
+        ]
+        ends = [_parse_time(m["properties"].get("end_datetime") or m["properties"].get("datetime")) for _, m in members]
+        extent = pystac.Extent(
+            pystac.SpatialExtent(
+                [
+                    [
+                        min(b[0] for b in bboxes),
+                        min(b[1] for b in bboxes),
+                        max(b[2] for b in bboxes),
+                        max(b[3] for b in bboxes),
+                    ]
+                ]
+            ),
+            pystac.TemporalExtent([[min(starts), max(ends)]]),
+        )
+        title = "Imagery composites" if cid == IMAGERY_COLLECTION else f"{cid} maps"
+        collection = pystac.Collection(id=cid, description=title, extent=extent, title=title, license="other")
+        links = [
+            pystac.Link("root", f"../{CATALOGUE}", media_type=pystac.MediaType.JSON),
+            pystac.Link("parent", f"../{CATALOGUE}", media_type=pystac.MediaType.JSON),
+            *[pystac.Link("item", f"../{path}", media_type=pystac.MediaType.GEOJSON) for path, _ in members],
+        ]
+        documents[f"{COLLECTIONS}/{cid}.json"] = {
+            **collection.to_dict(include_self_link=False),
+            "links": [x.to_dict() for x in links],
+        }
+    return documents
+
+
+def write_catalogue(folder: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """Rebuild the catalogue of a maps folder from the items in it; returns what was written."""
+    documents = catalogue_documents(read_items(folder, storage_options))
+    base = folder.rstrip("/")
+    for path, document in documents.items():
+        write_json(document, f"{base}/{path}", storage_options)
+    return documents
+
+
+def _collection_of(item: Mapping[str, Any]) -> str:
+    # Items written before items named their collection: the product of the map.
+    return str(item.get("properties", {}).get("lcms:model") or "maps")
+
+
+def _parse_time(value: str | None) -> datetime:
+    if not value:
+        raise ExportError("a STAC item has neither start_datetime nor datetime")
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -6,7 +6,13 @@ Plain functions, no Prefect: the flow in flows/features.py wraps them. Per tile 
    (they are never read: the store reads only the kept frames and the needed bands);
 2. per spatial block: reflectances and indices (tasks/features/indices.py), then linear
    interpolation onto the year's date grid, or a composite per period (tasks/features/temporal.py);
-3. the block is packed (int16 = value × 10000, or float32) and written; pixels without
+3. optional spatial context (`context_features`): neighbourhood means and standard deviations
+   of those features at `context_sizes`, date by date (tasks/features/context.py), appended as
+   features ``{feature}_{stat}{size}``; blocks are read with a halo so windows are whole across
+   block edges;
+4. optional terrain (`dem_path`): elevation and slope of a DEM resampled onto the tile
+   (tasks/features/terrain.py), the same at every date;
+5. the block is packed (int16 = value × 10000, or float32) and written; pixels without
    any valid observation are marked in `no_valid`.
 
 The date grid depends only on the year and the config, so features line up country-wide.
@@ -21,8 +27,10 @@ import numpy as np
 from lcms.config import FeaturesConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
+from tasks.features.context import halo_px, spatial_context
 from tasks.features.indices import INDEX_BANDS, check_features, feature_stack
 from tasks.features.temporal import composite, date_grid, interpolate
+from tasks.features.terrain import read_dem, terrain_features
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,22 @@ def unpack(stored: np.ndarray) -> np.ndarray:
     return values
 
 
+def with_context(values: np.ndarray, cfg: FeaturesConfig) -> np.ndarray:
+    """(t, y, x, f) features of `cfg.feature_names` → with the spatial context features of `cfg` appended."""
+    if not cfg.context_features:
+        return values
+    picked = [cfg.feature_names.index(n) for n in cfg.context_features]
+    context = spatial_context(values[..., picked], cfg.context_sizes, cfg.context_stats)
+    return np.concatenate([values, context], axis=-1)
+
+
+def _with_halo(region: tuple[slice, slice], halo: int, shape: tuple[int, int]):
+    """The region grown by `halo` pixels (cut at the tile's edges), and where the region lies inside it."""
+    (r0, r1), (c0, c1) = (region[0].start, region[0].stop), (region[1].start, region[1].stop)
+    R0, R1, C0, C1 = max(r0 - halo, 0), min(r1 + halo, shape[0]), max(c0 - halo, 0), min(c1 + halo, shape[1])
+    return (slice(R0, R1), slice(C0, C1)), (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
+
+
 def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) -> DoneRecord:
     """Make and store one tile-year of features; done only when every block is written."""
     download = store.open_tile(INPUT_STAGE, year, tile.tile_id)
@@ -89,13 +113,16 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
     band_index = [band_names.index(b) for b in needed]
 
     targets = date_grid(year, cfg.date_grid)
-    coords = {"time": targets, "feature": np.array(names)}
+    coords = {"time": targets, "feature": np.array(cfg.stored_feature_names)}
+    halo = halo_px(cfg.context_sizes) if cfg.context_features else 0
+    terrain = terrain_features(read_dem(cfg.dem_path, tile.grid), tile.grid.resolution) if cfg.dem_path else None
     tile_hash = features_params_hash(cfg, tile, year, download.record.params_hash)
     attrs = {"method": cfg.method, "frames_kept": int(len(kept)), "frames_total": int(len(coverage))}
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs, {"features": cfg.dtype}) as w:
         for region, _ in tile.grid.blocks(cfg.block_size):
-            bands = download.read("bands", region, {"time": kept, "band": band_index})
-            valid = download.read("valid_mask", region, {"time": kept})
+            read, inner = _with_halo(region, halo, tile.grid.shape)
+            bands = download.read("bands", read, {"time": kept, "band": band_index})
+            valid = download.read("valid_mask", read, {"time": kept})
             values = feature_stack(bands, needed, names)
             if cfg.method == "interpolation":
                 out, no_valid = interpolate(values, times, valid, targets)
@@ -103,7 +130,11 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
                 method = "median" if cfg.method == "median_mosaic" else "max_ndvi"
                 ndvi = feature_stack(bands, needed, ["NDVI"])[..., 0] if method == "max_ndvi" else None
                 out, no_valid = composite(values, times, valid, targets, method, ndvi)
+            out = with_context(out, cfg)[:, inner[0], inner[1]]
+            if terrain is not None:
+                static = np.broadcast_to(terrain[region], (out.shape[0], *terrain[region].shape))
+                out = np.concatenate([out, static], axis=-1)
             w.write("features", pack(out, cfg.dtype), region)
-            w.write("no_valid", no_valid, region)
-            w.write("valid_count", valid.sum(axis=0, dtype=np.uint16), region)
+            w.write("no_valid", no_valid[inner], region)
+            w.write("valid_count", valid[:, inner[0], inner[1]].sum(axis=0, dtype=np.uint16), region)
         return w.commit(extra=attrs)

@@ -164,6 +164,17 @@ def merge_params_hash(cfg: MergeConfig, block_px: int, inputs: dict[str, str]) -
     return params_hash(cfg, block_px, inputs, MERGE_FORMAT)
 
 
+def merge_block_px(config) -> int:
+    """Side of the `blocks` split's squares in pixels, for a run config."""
+    return max(1, round(config.merge.block_size_m / config.grid.resolution_m))
+
+
+def merge_product_hash(config, store: TileStore, tiles) -> str:
+    """What the merged dataset of `tiles` depends on (the merge stage's staleness rule, lcms/stages.py)."""
+    inputs = sampling_inputs(store, tiles.tile_ids, config.merge_years)
+    return merge_params_hash(config.merge, merge_block_px(config), inputs)
+
+
 def sampling_inputs(store: TileStore, tile_ids: list[str], years: list[int]) -> dict[str, str]:
     """``"tile/year" -> params hash`` of the sampling output each merged sample comes from."""
     inputs = {}

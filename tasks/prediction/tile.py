@@ -14,6 +14,7 @@ Memory is one block of features and its predictions, whatever the tile size.
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def prediction_params_hash(tile: Tile, year: int, model_attempt: str, features_h
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(store_url: str, storage_options_key: tuple, name: str, version: str):
-    store = TileStore(store_url, dict(storage_options_key))
+def _cached_model(store_url: str, storage_options_key: str, name: str, version: str):
+    store = TileStore(store_url, json.loads(storage_options_key))
     # Versions are immutable, so the files can go once the model is in memory.
     with tempfile.TemporaryDirectory(prefix=f"lcms-model-{name}-") as folder:
         return fetch_model(store, name, Path(folder), version)
@@ -58,7 +59,7 @@ def load_stored_model(store: TileStore, name: str, version: str | None = None):
         if record is None:
             raise PredictionError(f"{store.url} has no trained model {name!r}: run `lcms training CONFIG` first")
         version = record.attempt
-    options = tuple(sorted((k, str(v)) for k, v in store.storage_options.items()))
+    options = json.dumps(store.storage_options, sort_keys=True)  # hashable, nested options kept as they are
     booster, metadata = _cached_model(store.url, options, name, version)
     return booster, metadata, version
 

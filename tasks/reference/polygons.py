@@ -40,6 +40,7 @@ from shapely.geometry import box
 
 from lcms.geometry import PixelGrid
 from lcms.legend import NO_DATA, LegendClass
+from lcms.store import s3_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _read_vector(path: str, storage_options: dict | None) -> gpd.GeoDataFrame:
             f"use one of {known} (GeoPackage, GeoJSON, Shapefile, GeoParquet)"
         )
     try:
-        fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs, fs_path = fsspec.core.url_to_fs(path, **s3_storage_options(path, storage_options))  # S3 timeouts
         exists = fs.exists(fs_path)
     except Exception as exc:  # bad URL, unknown protocol, credentials, unreachable endpoint
         raise ReferenceError(f"cannot access reference file {path}: {exc}") from exc

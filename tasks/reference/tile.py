@@ -6,16 +6,19 @@ read once per process (cached by path and settings), not once per tile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 
 import fsspec
 import geopandas as gpd
 
+from lcms import lineage
 from lcms.config import ReferenceConfig, params_hash
 from lcms.grid import Tile
 from lcms.legend import LULC_LEGEND, LegendClass
-from lcms.store import DoneRecord, TileStore
+from lcms.store import DoneRecord, TileStore, s3_storage_options
+from tasks.reference import reviews
 from tasks.reference.polygons import erode_labels, load_reference, rasterize_reference
 
 STAGE = "reference"
@@ -29,7 +32,7 @@ def legend_of(cfg: ReferenceConfig) -> tuple[LegendClass, ...]:
 
 def reference_version(cfg: ReferenceConfig, storage_options: dict | None = None) -> dict:
     """Size and modification time of the reference file: a changed file makes tiles stale."""
-    fs, path = fsspec.core.url_to_fs(cfg.path, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(cfg.path, **s3_storage_options(cfg.path, storage_options))  # S3 timeouts
     info = fs.info(path)
     return {
         "size": info.get("size"),
@@ -42,9 +45,17 @@ def reference_params_hash(cfg: ReferenceConfig, tile: Tile, year: int, version: 
 
 
 def reference_tile_hash(store: TileStore, tile: Tile, year: int, cfg: ReferenceConfig) -> str:
-    """Includes the reference file's version, so an edited file makes the labels stale."""
+    """Includes the reference file's version, so an edited file makes the labels stale, and with
+    `reviews` the reviews' version (tasks/reference/reviews.py), so a new decision does too."""
     cfg = cfg.for_year(year)  # the year's own file when the reference differs per year
-    return reference_params_hash(cfg, tile, year, reference_version(cfg, store.storage_options))
+    return reference_params_hash(cfg, tile, year, _version(cfg, store, year))
+
+
+def _version(cfg: ReferenceConfig, store: TileStore, year: int) -> dict:
+    version = reference_version(cfg, store.storage_options)
+    if cfg.reviews:
+        version = {**version, "reviews": reviews.reviews_version(cfg, store, year)}
+    return version
 
 
 @functools.lru_cache(maxsize=4)
@@ -65,17 +76,53 @@ def reference_tile(
     """Rasterise and erode the reference on one tile; a tile outside the reference gets all no data.
 
     With a reference per year (`reference.paths`, or '{year}' in `reference.path`), `year`'s file.
+    With `reviews`, operators' reviewed changes ending in `year` are burnt over the base reference
+    before the erosion (tasks/reference/reviews.py); the done mark keeps their provenance, how many base
+    pixels they changed, and the reviews' version in its lineage inputs.
     """
     cfg = cfg.for_year(year)
-    version = version if version is not None else reference_version(cfg, store.storage_options)
+    version = version if version is not None else _version(cfg, store, year)
     polygons = reference_polygons(cfg, store.storage_options)
-    labels = rasterize_reference(polygons, tile.grid)
+    base = rasterize_reference(polygons, tile.grid)
+    extra: dict = {}
+    labels = base
+    if cfg.reviews:
+        decided, seen = reviews.reviewed_polygons(cfg, store, year)
+        version = {**version, "reviews": seen}  # what was read, should a decision have come since the hash
+        index = reviews.rasterize_reviews(decided, tile.grid)
+        labels, changed = reviews.overlay_reviews(base, index, decided["class_code"].to_numpy())
+        extra["sources"] = {
+            reviews.SOURCE_BASE: int(((base > 0) & (index == 0)).sum()),
+            reviews.SOURCE_REVIEW: int((index > 0).sum()),
+        }
+        extra["reviews"] = {
+            "version": version.get("reviews"),
+            "changed_base_pixels": int(changed.sum()),
+            "provenance": reviews.provenance(decided, index, changed),
+        }
     eroded = erode_labels(labels, cfg.erosion_px) if cfg.erosion_px else labels.copy()
     tile_hash = reference_params_hash(cfg, tile, year, version)
     attrs = {"legend": [c.__dict__ for c in legend_of(cfg)], "source": cfg.path}
-    with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, {}, attrs) as writer:
+    if cfg.reviews:
+        attrs["reviews"] = "operators' reviewed changes over the base reference (done.json: extra.reviews)"
+    with (
+        _reviews_in_lineage(cfg, store, year, version),
+        store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, {}, attrs) as writer,
+    ):
         writer.write("labels", labels)
         writer.write("labels_eroded", eroded)
         return writer.commit(
-            extra={"labelled_pixels": int((labels > 0).sum()), "after_erosion": int((eroded > 0).sum())}
+            extra={"labelled_pixels": int((labels > 0).sum()), "after_erosion": int((eroded > 0).sum()), **extra}
         )
+
+
+def _reviews_in_lineage(cfg: ReferenceConfig, store: TileStore, year: int, version: dict):
+    """While the tile is written, its lineage also names the reviews' version it read (`lineage.reviews`: where,
+    the decisions' count, the latest decision's id and time, the change layers' attempts). Not an entry of
+    `inputs`, which name done marks of the store's stages (`lcms lineage` follows them)."""
+    current = lineage.current()
+    if not cfg.reviews or not current:  # no reviews, or a tile function called by hand (nothing recorded)
+        return contextlib.nullcontext()
+    seen = version.get("reviews") or {}
+    entry = {"product": store.product, "year_to": year, **seen}
+    return lineage.recording({**current, "reviews": entry})

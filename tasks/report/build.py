@@ -6,9 +6,11 @@ only (the buffers overlap the neighbours), tile by tile, so a country never sits
 - per year, the area of each class over the AOI and, with a regions file, per region;
 - between the change stage's two years, the from → to matrix of the maps, in hectares;
 - the change polygons' summary and the largest ones (from the change stage's GeoPackage);
-- the model's accuracy (from the training stage's `metrics.json`).
+- the model's accuracy (from the training stage's `metrics.json`);
+- with `reference.reviews`, how many reference pixels operators' reviewed changes labelled and how many base
+  reference pixels they changed (from the reference stage's done marks, tasks/reference/reviews.py).
 
-`build_report` writes the HTML page (tasks/report/html.py), its thumbnails, CSV and JSON into a
+`build_report` writes the HTML page (tasks/report/html.py, every image embedded), CSV and JSON into a
 folder, which the flow stores as the `report/<model>` product.
 """
 
@@ -28,8 +30,9 @@ from lcms.config import ReportConfig
 from lcms.grid import Tile
 from lcms.legend import LegendClass
 from lcms.store import StoreError, TileStore
+from tasks.accuracy.products import report_estimates
 from tasks.change.polygons import read_change_layer, summarise
-from tasks.report.html import render_html, write_thumbnails
+from tasks.report.html import map_figures, render_html
 
 M2_PER_HA = 10_000
 
@@ -60,7 +63,9 @@ class ReportData:
     change_summary: dict | None = None
     largest_changes: list[dict] = field(default_factory=list)
     accuracy: dict | None = None
-    thumbnails: list[dict] = field(default_factory=list)  # {"file", "title"}
+    area_estimates: list[dict] = field(default_factory=list)  # from a probability sample (`lcms accuracy`), if any
+    reviewed_reference: dict | None = None  # `read_reviewed_reference`
+    thumbnails: list[dict] = field(default_factory=list, repr=False)  # maps: {"id", "title", "figure"}
 
     def to_json(self) -> dict:
         names = {c.code: c.name for c in self.legend}
@@ -81,6 +86,8 @@ class ReportData:
             "change_summary": self.change_summary,
             "largest_changes": self.largest_changes,
             "accuracy": self.accuracy,
+            "area_estimates": self.area_estimates,
+            "reviewed_reference": self.reviewed_reference,
         }
 
 
@@ -217,7 +224,48 @@ def read_accuracy(store: TileStore, model: str) -> dict | None:
             name: {k: m[k] for k in ("precision", "recall", "f1", "support")}
             for name, m in metrics["per_class"].items()
         },
+        # The same figures on every labelled pixel of the held-out area (class borders included),
+        # beside those of the (eroded) test samples above; None for models trained before issue 22.
+        "all_labelled": (
+            {
+                **{k: metrics["all_labelled"][k] for k in ("overall_accuracy", "kappa", "macro_f1", "n_samples")},
+                "per_class": {
+                    name: {k: m[k] for k in ("precision", "recall", "f1", "support")}
+                    for name, m in metrics["all_labelled"]["per_class"].items()
+                },
+            }
+            if metrics.get("all_labelled")
+            else None
+        ),
     }
+
+
+def read_reviewed_reference(store: TileStore, tiles: list[Tile], years: list[int]) -> dict | None:
+    """Per year and in total: reference pixels labelled by operators' reviewed changes, base reference pixels
+    they changed (the newer decision won), and the reviewed changes used; None when no reference tile used reviews.
+
+    Summed from the reference stage's done marks (tasks/reference/tile.py); a pixel in two tiles' buffers
+    counts in both."""
+    per_year, changes = {}, set()
+    for year in years:
+        done = store.done_tiles("reference", year)
+        counts = {"pixels": 0, "changed_base_pixels": 0, "changes": 0}
+        used = False
+        for tile in tiles:
+            reviews = done[tile.tile_id].extra.get("reviews") if tile.tile_id in done else None
+            if reviews is None:
+                continue
+            used = True
+            counts["pixels"] += sum(p["pixels"] for p in reviews["provenance"])
+            counts["changed_base_pixels"] += reviews["changed_base_pixels"]
+            changes |= {(year, p["change_id"]) for p in reviews["provenance"]}
+        if used:
+            counts["changes"] = sum(1 for y, _ in changes if y == year)
+            per_year[year] = counts
+    if not per_year:
+        return None
+    total = {k: sum(c[k] for c in per_year.values()) for k in ("pixels", "changed_base_pixels", "changes")}
+    return {**total, "by_year": {str(y): c for y, c in per_year.items()}}
 
 
 def write_tables(data: ReportData, folder: Path) -> list[str]:
@@ -283,7 +331,7 @@ def build_report(
     change_years: tuple[int, int] | None,
     folder: Path,
 ) -> ReportData:
-    """Count, draw and write the whole report into `folder` (report.html, PNG thumbnails, CSV, JSON)."""
+    """Count, draw and write the whole report into `folder` (report.html with its images inside, CSV, JSON)."""
     legend = map_legend(store, tiles, years, source)
     regions = load_regions(cfg, store.storage_options)
     data = ReportData(model=model, years=years, legend=legend, class_areas_ha={})
@@ -299,8 +347,10 @@ def build_report(
         data.change_summary = summarise(changes, change_years, sorted(set(changes["tile_id"])))
         data.largest_changes = largest_changes(changes, cfg.largest_changes)
     data.accuracy = read_accuracy(store, model)
+    data.area_estimates = report_estimates(store, years, change_years)  # issue 20 §2: Olofsson et al. (2014)
+    data.reviewed_reference = read_reviewed_reference(store, tiles, years)
     folder.mkdir(parents=True, exist_ok=True)
-    data.thumbnails = write_thumbnails(store, tiles, years, source, legend, change_years, cfg.thumbnail_px, folder)
+    data.thumbnails = map_figures(store, tiles, years, source, legend, change_years, cfg.thumbnail_px)
     files = write_tables(data, folder)
     (folder / "report.html").write_text(render_html(data, files))
     return data
@@ -323,5 +373,12 @@ def headline_markdown(data: ReportData) -> str:
         s = data.change_summary
         lines += ["", f"Change {s['year_from']} → {s['year_to']}: {s['polygons']} polygons, {s['area_ha']:,.2f} ha."]
     if data.accuracy:
-        lines += ["", f"Model OA {data.accuracy['overall_accuracy']:.3f}, kappa {data.accuracy['kappa'] or 0:.3f}."]
+        a, everything = data.accuracy, data.accuracy.get("all_labelled")
+        on_all = (
+            f"OA {everything['overall_accuracy']:.3f}, kappa {everything['kappa'] or 0:.3f}, macro F1 "
+            f"{everything['macro_f1']:.3f} on every labelled pixel of the held-out area ({everything['n_samples']}); "
+            if everything
+            else ""
+        )
+        lines += ["", f"Model {on_all}OA {a['overall_accuracy']:.3f}, kappa {a['kappa'] or 0:.3f} on its test samples."]
     return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
-"""The report as an HTML page: map thumbnails (PNG files beside it) and charts embedded in the page.
+"""The report as one self-contained HTML page: map thumbnails and charts embedded in it.
 
-The charts (class areas per year, the transition heat map) are drawn by tasks/plots.py and
-embedded as PNG data URIs; the thumbnails are PNG files in the report's folder, linked from the
-page. No JavaScript libraries and no network: the page opens from a folder, a bucket or a Prefect
-artifact link alike. `screenshot` renders it in headless Chromium (tests and `lcms report
---screenshot` use it to check that the page really renders).
+The maps (each year's land cover and the change status, per UTM zone, with coordinates, a
+scale bar and a legend) and the charts (class areas per year, the transition heat map) are
+drawn by tasks/plots.py, like the training stage's plots, and embedded as PNG data URIs. No
+JavaScript libraries, no network, no file beside it needed: the page shows every image when
+opened from a folder, a bucket, a Prefect artifact link or an e-mail attachment alike.
+`screenshot` renders it in headless Chromium (tests and `lcms report --screenshot` use it to
+check that the page really renders).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from pathlib import Path
 import jinja2
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
 from lcms.grid import Tile
-from lcms.legend import LegendClass, hex_to_rgb, lighten
+from lcms.legend import LegendClass, lighten
 from lcms.stages import change_key
 from lcms.store import TileStore
 from tasks import plots
@@ -53,21 +54,25 @@ def zone_mosaic(tiles: list[Tile], read, longest_px: int) -> np.ndarray:
     return out
 
 
-def colorize(codes: np.ndarray, colors: dict[int, str], min_px: int = 320) -> Image.Image:
-    """An RGB image of class codes (0 = white), enlarged with nearest sampling to at least `min_px` wide."""
-    palette = np.full((256, 3), 255, dtype=np.uint8)
-    for code, color in colors.items():
-        palette[code] = hex_to_rgb(color)
-    image = Image.fromarray(palette[codes], mode="RGB")
-    scale = max(1, math.ceil(min_px / max(1, codes.shape[1])))
-    return image.resize((codes.shape[1] * scale, codes.shape[0] * scale), Image.Resampling.NEAREST)
+CHANGE_CLASSES = [  # status codes of tasks.change.detect, their names and colours on the change map
+    (1, "unchanged", "#e6e6e6"),
+    (2, "change", "#d7191c"),
+    (3, "low confidence", "#fdae61"),
+    (4, "removed", "#a6a6a6"),
+]
 
 
-CHANGE_COLORS = {1: "#e6e6e6", 2: "#d7191c", 3: "#fdae61", 4: "#a6a6a6"}  # status codes of tasks.change.detect
-CHANGE_KEY = {"unchanged": "#e6e6e6", "change": "#d7191c", "low confidence": "#fdae61", "removed": "#a6a6a6"}
+def mosaic_bounds(tiles: list[Tile]) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of the tiles' cores: the extent `zone_mosaic` covers."""
+    return (
+        min(t.core_bounds[0] for t in tiles),
+        min(t.core_bounds[1] for t in tiles),
+        max(t.core_bounds[2] for t in tiles),
+        max(t.core_bounds[3] for t in tiles),
+    )
 
 
-def write_thumbnails(
+def map_figures(
     store: TileStore,
     tiles: list[Tile],
     years: list[int],
@@ -75,33 +80,40 @@ def write_thumbnails(
     legend: list[LegendClass],
     change_years: tuple[int, int] | None,
     longest_px: int,
-    folder: Path,
 ) -> list[dict]:
-    """One PNG per year and UTM zone (and one of the change status), named after what they show."""
-    colors = {c.code: c.color for c in legend}
+    """One map per year and UTM zone (and one of the change status): {"id", "title", "figure"} each.
+
+    Drawn by tasks/plots.py with the zone's coordinates, a scale bar and a legend of the classes shown.
+    """
+    classes = [(c.code, c.name, c.color) for c in legend]
     zones: dict[str, list[Tile]] = {}
     for tile in tiles:
         zones.setdefault(tile.zone, []).append(tile)
-    thumbnails = []
+    maps = []
     for zone, group in sorted(zones.items()):
+        bounds, crs = mosaic_bounds(group), group[0].grid.crs
         for year in years:
 
             def read(tile, year=year):
                 return store.open_tile(source, year, tile.tile_id).read("labels", tile.core_window)
 
-            name = f"map_{year}_{zone}.png"
-            colorize(zone_mosaic(group, read, longest_px), colors).save(folder / name, optimize=True)
-            thumbnails.append({"file": name, "title": f"Land cover {year} (UTM {zone})"})
+            title = f"Land cover {year} (UTM {zone})"
+            figure = plots.class_map_figure(
+                zone_mosaic(group, read, longest_px), bounds, crs, classes, title, longest_px=longest_px
+            )
+            maps.append({"id": f"map-{year}-{zone}", "title": title, "figure": figure})
         if change_years is not None:
             key = change_key(*change_years)
 
             def read_status(tile, key=key):
                 return store.open_tile("change", key, tile.tile_id).read("status", tile.core_window)
 
-            name = f"change_{key}_{zone}.png"
-            colorize(zone_mosaic(group, read_status, longest_px), CHANGE_COLORS).save(folder / name, optimize=True)
-            thumbnails.append({"file": name, "title": f"Change {change_years[0]} → {change_years[1]} (UTM {zone})"})
-    return thumbnails
+            title = f"Change {change_years[0]} → {change_years[1]} (UTM {zone})"
+            figure = plots.class_map_figure(
+                zone_mosaic(group, read_status, longest_px), bounds, crs, CHANGE_CLASSES, title, longest_px=longest_px
+            )
+            maps.append({"id": f"change-{key}-{zone}", "title": title, "figure": figure})
+    return maps
 
 
 # --------------------------------------------------------------------------- charts
@@ -147,9 +159,7 @@ PAGE = jinja2.Template(
  table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
  th, td { border: 1px solid #ccc; padding: 3px 8px; } td.n { text-align: right; }
  .thumbs { display: flex; flex-wrap: wrap; gap: 16px; } figure { margin: 0; }
- img.chart { max-width: 100%; }
- figcaption { font-size: 13px; text-align: center; } .key span { display: inline-block; width: 12px; height: 12px;
- margin: 0 4px 0 12px; border: 1px solid #555; vertical-align: middle; } .note { color: #666; font-size: 13px; }
+ img { max-width: 100%; } .note { color: #666; font-size: 13px; }
 </style>
 </head>
 <body>
@@ -169,12 +179,8 @@ PAGE = jinja2.Template(
 </table>
 
 <h2 id="maps">Maps</h2>
-<div class="key">{% for c in legend_rows %}<span style="background:{{ c.color }}"></span>{{ c.name }}{% endfor %}</div>
-{% if data.change_years %}<div class="key">{% for name, color in change_key.items() %}
-<span style="background:{{ color }}"></span>{{ name }}{% endfor %}</div>{% endif %}
 <div class="thumbs">
-{% for t in data.thumbnails %}<figure><img src="{{ t.file }}" alt="{{ t.title }}"><figcaption>{{ t.title }}
-</figcaption></figure>{% endfor %}
+{% for m in maps %}<figure><img id="{{ m.id }}" src="{{ m.uri }}" alt="{{ m.title }}"></figure>{% endfor %}
 </div>
 
 <h2 id="areas">Class areas per year</h2>
@@ -210,7 +216,16 @@ and size.</p>
 {% endif %}
 
 <h2 id="accuracy">Model accuracy</h2>
-{% if data.accuracy %}<p>Overall accuracy <b>{{ "%.3f" | format(data.accuracy.overall_accuracy) }}</b>, kappa
+{% if data.accuracy %}{% set everything = data.accuracy.all_labelled %}{% if everything %}<p>On every labelled
+pixel of the held-out area ({{ everything.n_samples }} pixels, class borders included): overall accuracy
+<b>{{ "%.3f" | format(everything.overall_accuracy) }}</b>, kappa {{ "%.3f" | format(everything.kappa or 0) }},
+macro F1 {{ "%.3f" | format(everything.macro_f1) }}.</p>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>pixels</th></tr>
+{% for name, m in everything.per_class.items() %}<tr><td>{{ name }}</td>
+<td class="n">{{ "%.3f" | format(m.precision) }}</td><td class="n">{{ "%.3f" | format(m.recall) }}</td>
+<td class="n">{{ "%.3f" | format(m.f1) }}</td><td class="n">{{ m.support }}</td></tr>{% endfor %}</table>
+<p>On the test samples (drawn from the reference after its <code>erosion_px</code>):</p>{% endif %}
+<p>Overall accuracy <b>{{ "%.3f" | format(data.accuracy.overall_accuracy) }}</b>, kappa
 {{ "%.3f" | format(data.accuracy.kappa or 0) }}, macro F1 {{ "%.3f" | format(data.accuracy.macro_f1) }}, on
 {{ data.accuracy.n_samples }} test samples.</p>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
@@ -219,10 +234,36 @@ and size.</p>
 <td class="n">{{ "%.3f" | format(m.f1) }}</td>
 <td class="n">{{ m.support }}</td></tr>{% endfor %}</table>
 {% else %}<p class="note">No trained model named {{ data.model }} in the store.</p>{% endif %}
+{% if data.area_estimates %}<h2 id="area-estimates">Accuracy and area from the probability sample</h2>
+<p class="note">Stratified estimators of Olofsson et al. (2014), from the operators' labels of a stratified random
+sample of map pixels (`lcms sample-design`, `lcms accuracy`); intervals are 95 %.</p>
+{% for a in data.area_estimates %}<h3>{{ a.kind }} {{ a.years | join("–") }}: overall accuracy
+{{ "%.3f" | format(a.overall_accuracy) }} ± {{ "%.3f" | format(a.overall_accuracy_ci95) }}
+({{ a.n_labelled }} labelled points)</h3>
+<table class="area-estimates"><tr><th>class</th><th>mapped (ha)</th><th>estimated (ha)</th><th>95 % interval (ha)</th>
+<th>user's accuracy</th><th>producer's accuracy</th></tr>
+{% for c in a.classes %}<tr><td>{{ c.class_name }}</td><td class="n">{{ "{:,.2f}".format(c.mapped_area_ha) }}</td>
+<td class="n">{{ "{:,.2f}".format(c.area_ha) }}</td>
+<td class="n">{{ "{:,.2f}".format(c.area_ci95_low_ha) }} – {{ "{:,.2f}".format(c.area_ci95_high_ha) }}</td>
+<td class="n">{% if c.users_accuracy is not none %}{{ "%.3f" | format(c.users_accuracy) }} ±
+{{ "%.3f" | format(c.users_accuracy_ci95) }}{% else %}–{% endif %}</td>
+<td class="n">{% if c.producers_accuracy is not none %}{{ "%.3f" | format(c.producers_accuracy) }} ±
+{{ "%.3f" | format(c.producers_accuracy_ci95) }}{% else %}–{% endif %}</td></tr>
+{% endfor %}</table>{% endfor %}{% endif %}
+{% if data.reviewed_reference %}{% set r = data.reviewed_reference %}<h3 id="reviewed-reference">Reviewed changes
+in the reference</h3>
+<p>Operators' decisions on {{ r.changes }} change polygons labelled {{ "{:,}".format(r.pixels) }} reference pixels;
+where they disagreed with the base reference the newer decision won, changing
+<b>{{ "{:,}".format(r.changed_base_pixels) }}</b> pixels of it
+({% for y, c in r.by_year.items() %}{{ y }}: {{ "{:,}".format(c.changed_base_pixels) }}
+{%- if not loop.last %}, {% endif %}{% endfor %}).
+The change detector and the operators chose these places, not a probability sample: they train the model, and
+test figures that include them are not an estimate of the map's accuracy.</p>{% endif %}
 
-<p class="note">Files: {% for f in files %}<a href="{{ f }}">{{ f }}</a> {% endfor %}</p>
+<p class="note">This page holds all its images. Its numbers are also in files beside it in the store:
+{% for f in files %}<a href="{{ f }}">{{ f }}</a> {% endfor %}</p>
 <script>
- // Marks the page once every thumbnail (and, apart, every chart) has loaded, for a headless browser check.
+ // Marks the page once every map (and, apart, every chart) has loaded, for a headless browser check.
  window.addEventListener("load", () => {
    const loaded = images => images.filter(i => i.complete && i.naturalWidth > 0).length;
    const thumbnails = [...document.querySelectorAll(".thumbs img")];
@@ -241,15 +282,17 @@ and size.</p>
 
 
 def render_html(data, files: list[str]) -> str:
-    """The page: tables from `data`, the charts embedded as PNG data URIs, links to `files`."""
+    """The page: tables from `data`, its maps (`data.thumbnails`) and charts embedded as PNG data URIs,
+    links to `files` (the CSV and JSON beside it)."""
     legend_rows = [c for c in data.legend if any(data.class_areas_ha[y].get(c.code, 0) > 0 for y in data.years)]
+    maps = [{"id": m["id"], "title": m["title"], "uri": plots.png_data_uri(m["figure"])} for m in data.thumbnails]
     heatmap = ""
     if data.transitions_ha is not None and data.change_years:
         heatmap = plots.png_data_uri(transitions_figure(data.legend, data.transitions_ha, data.change_years))
     return PAGE.render(
         data=data,
         legend_rows=legend_rows,
-        change_key=CHANGE_KEY,
+        maps=maps,
         bar_chart=plots.png_data_uri(class_areas_figure(legend_rows, data.class_areas_ha)),
         heatmap=heatmap,
         files=files,

@@ -5,6 +5,10 @@ Plain functions, no Prefect: the flow in flows/training.py wraps them. The model
 tasks/training/metrics.py; this module reads the merged dataset, checks that it can train a
 classifier, and stores the result as one file product:
 ``training/<name>/`` with model.txt, model.json, metrics.json, metrics.md and the PNG plots.
+
+The model is scored twice, side by side: on the merged dataset's test samples (drawn from the
+eroded reference) and on every labelled pixel of the held-out area (the un-eroded reference,
+tasks/training/holdout.py), which is what a map user meets, class borders included.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lcms.layout import SPLIT_CODES
 from lcms.legend import LegendClass
 from lcms.store import DoneRecord, TileStore
 from tasks.features.tile import unpack
+from tasks.training.holdout import held_out_pixels
 from tasks.training.metrics import evaluate, metrics_markdown
 from tasks.training.model import METADATA_FILE, load_model, save_model, train_model
 
@@ -38,6 +43,13 @@ class TrainingError(ValueError):
 
 def training_params_hash(cfg: TrainingConfig, merge_record: DoneRecord) -> str:
     return params_hash(cfg, merge_record.params_hash, merge_record.attempt)
+
+
+def training_product_hash(config, store: TileStore, tiles) -> str:
+    """What the product's model depends on: the training settings and the merged dataset's version
+    (the training stage's staleness rule, lcms/stages.py)."""
+    dataset = store.product_record(INPUT_STAGE, config.product)
+    return training_params_hash(config.training, dataset) if dataset is not None else "no merged dataset"
 
 
 def _class_counts(y: np.ndarray) -> dict[int, int]:
@@ -116,7 +128,35 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         folder = Path(tmp)
         save_model(booster, folder, legend, booster.lcms_classes, lineage)
         _, metadata = load_model(folder)  # evaluate the model exactly as it was saved
-        metrics = evaluate(booster, metadata, X[test_seen], y[test_seen], folder, y_train=y[train])
+        held_out = held_out_pixels(store, merged, metadata["classes"], cfg.all_labelled_max_pixels, cfg.seed)
+        all_labelled = (held_out.X, held_out.y) if held_out.n_scored else None
+        metrics = evaluate(
+            booster,
+            metadata,
+            X[test_seen],
+            y[test_seen],
+            folder,
+            y_train=y[train],
+            all_labelled=all_labelled,
+            interior=held_out.interior if all_labelled else None,
+        )
+        capped = held_out.n_scored < held_out.n_labelled
+        metrics.update(
+            test_samples_description=(
+                f"the {metrics['n_samples']} test samples of the merged dataset (split by "
+                f"{merged.attrs['split_method']}; sampled from the reference stage's labels_eroded, "
+                "i.e. after its erosion_px)"
+            ),
+            all_labelled_description=(
+                f"every labelled pixel of the held-out area ({held_out.n_labelled} pixels of the un-eroded "
+                "reference with a valid observation, class borders included"
+                + (f"; a random {held_out.n_scored} of them scored" if capped else "")
+                + ")"
+            ),
+            all_labelled_unseen_classes=held_out.unseen,
+        )
+        if all_labelled is None:
+            log.warning("model %s: the held-out area has no labelled pixel to score", name)
         metrics.update(
             training_seconds=round(seconds, 3),
             split_method=merged.attrs["split_method"],
@@ -138,11 +178,31 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
                 "overall_accuracy": metrics["overall_accuracy"],
                 "kappa": metrics["kappa"],
                 "macro_f1": metrics["macro_f1"],
+                **(
+                    {
+                        "all_labelled_overall_accuracy": metrics["all_labelled"]["overall_accuracy"],
+                        "all_labelled_kappa": metrics["all_labelled"]["kappa"],
+                        "all_labelled_macro_f1": metrics["all_labelled"]["macro_f1"],
+                        "all_labelled_pixels": metrics["all_labelled"]["n_samples"],
+                        "interior_overall_accuracy": (metrics.get("interior") or {}).get("overall_accuracy"),
+                    }
+                    if "all_labelled" in metrics
+                    else {}
+                ),
                 "classes": metadata["classes"],
                 "training_seconds": round(seconds, 3),
             },
         )
     log.info("model %s: OA %.3f on %d test samples", name, metrics["overall_accuracy"], metrics["n_samples"])
+    if "all_labelled" in metrics:
+        everything = metrics["all_labelled"]
+        log.info(
+            "model %s: OA %.3f, macro F1 %.3f on every labelled pixel of the held-out area (%d)",
+            name,
+            everything["overall_accuracy"],
+            everything["macro_f1"],
+            everything["n_samples"],
+        )
     return record, metrics
 
 

@@ -26,8 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Tables are not cut to 80 columns when the output goes to a file or a pipe (COLUMNS, if set, still wins).
-_WIDE = None if "COLUMNS" in os.environ else 200
+# Tables are not cut to 80 columns when the output goes to a file or a pipe (a wider COLUMNS still counts).
+_COLUMNS = os.environ.get("COLUMNS", "")
+_WIDE = max(int(_COLUMNS) if _COLUMNS.isdigit() else 0, 200)
 console = Console(width=None if sys.stdout.isatty() else _WIDE)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else _WIDE)
 

@@ -281,6 +281,17 @@ def place_lonlat() -> tuple[float, float]:
     return Transformer.from_crs(32633, 4326, always_xy=True).transform(*PLACE_UTM)
 
 
+def settled(take, accept, timeout: float = 20.0) -> bytes:
+    """Screenshots taken until one is accepted, or the last one after `timeout` s: on a busy machine the
+    map may still be drawing tiles when it says it is idle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shot = take()
+        if accept(shot) or time.monotonic() > deadline:
+            return shot
+        time.sleep(0.25)
+
+
 def wait_idle(page, flag: str = "mapIdle") -> None:
     page.wait_for_function(f"document.body.dataset.{flag} === 'true'")
 
@@ -302,7 +313,8 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     mvt = [(u, s) for u, s in session.responses if u.endswith(".mvt")]
     assert mvt and all(s == 200 for _, s in mvt), mvt
 
-    drawn = page.locator("#map-a").screenshot()
+    map_a = page.locator("#map-a")
+    drawn = settled(map_a.screenshot, lambda shot: legend_fraction(shot) > 0.6)
     assert legend_fraction(drawn) > 0.6, "the 2024 map's classes should fill the canvas"
     screenshot(page, "viewer-map.png")
 
@@ -311,10 +323,10 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     toggle.uncheck()
     page.wait_for_timeout(300)
     wait_idle(page)
-    assert legend_fraction(page.locator("#map-a").screenshot()) < 0.15
+    assert legend_fraction(settled(map_a.screenshot, lambda shot: legend_fraction(shot) < 0.15)) < 0.15
     toggle.check()
     wait_idle(page)
-    assert legend_fraction(page.locator("#map-a").screenshot()) > 0.6
+    assert legend_fraction(settled(map_a.screenshot, lambda shot: legend_fraction(shot) > 0.6)) > 0.6
 
     # Swipe: the 2024 map on the left of the line, the 2024 true-colour composite on the right.
     page.select_option("#compare-layer", "imagery-2024-true-colour")
@@ -322,7 +334,15 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     wait_for_tiles(session, "/imagery/2024/true-colour/tiles/")
     wait_idle(page, "mapBIdle")
     area = page.locator("#map-area")
-    shot = area.screenshot()
+
+    def swiped_at_half(shot: bytes) -> bool:
+        return (
+            legend_fraction(shot, (0.05, 0.45)) > 0.6
+            and legend_fraction(shot, (0.55, 0.95)) < 0.1
+            and background_fraction(shot, (0.55, 0.95)) < 0.1
+        )
+
+    shot = settled(area.screenshot, swiped_at_half)
     assert legend_fraction(shot, (0.05, 0.45)) > 0.6
     assert legend_fraction(shot, (0.55, 0.95)) < 0.1 and background_fraction(shot, (0.55, 0.95)) < 0.1
     imagery = [(u, s) for u, s in session.responses if "/imagery/2024/true-colour/tiles/" in u]
@@ -334,7 +354,15 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     page.mouse.move(bounds["x"] + 0.25 * bounds["width"], box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
     page.wait_for_timeout(300)
-    shot = area.screenshot()
+
+    def swiped_at_quarter(shot: bytes) -> bool:
+        return (
+            legend_fraction(shot, (0.02, 0.22)) > 0.6
+            and legend_fraction(shot, (0.3, 0.45)) < 0.1
+            and background_fraction(shot, (0.3, 0.45)) < 0.1
+        )
+
+    shot = settled(area.screenshot, swiped_at_quarter)
     assert legend_fraction(shot, (0.02, 0.22)) > 0.6
     assert legend_fraction(shot, (0.3, 0.45)) < 0.1, "the composite should now show where the map was"
     assert background_fraction(shot, (0.3, 0.45)) < 0.1
@@ -346,8 +374,9 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     wait_idle(page, "mapBIdle")
     a, b = page.locator("#map-a").bounding_box(), page.locator("#map-b").bounding_box()
     assert b["x"] >= a["x"] + a["width"] - 5 and abs(a["width"] - b["width"]) < 5
-    assert legend_fraction(page.locator("#map-a").screenshot()) > 0.6
-    before = page.locator("#map-b").screenshot()
+    assert legend_fraction(settled(map_a.screenshot, lambda shot: legend_fraction(shot) > 0.6)) > 0.6
+    map_b = page.locator("#map-b")
+    before = settled(map_b.screenshot, lambda shot: legend_fraction(shot) < 0.1 and background_fraction(shot) < 0.2)
     assert legend_fraction(before) < 0.1 and background_fraction(before) < 0.2
     page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
     page.mouse.down()

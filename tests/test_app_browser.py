@@ -395,13 +395,18 @@ def test_clicking_a_pixel_shows_its_classes_and_time_series_as_in_the_store(worl
     session.goto(f"/#{VIEW_ZOOM}/{lat:.6f}/{lon:.6f}")
     page.wait_for_selector("body[data-map-ready=true]")
     wait_idle(page)
-    page.locator("#map-a").click()  # the middle of the map: the place of the address
+    page.locator("#map-a").click()  # the middle of the map: its centre, which the address follows
+    # On a busy machine the map may have settled a little off the address it was opened at: the address
+    # (#zoom/lat/lon, rewritten by the map as it moves) says where its centre, the clicked place, is now.
+    _, centre_lat, centre_lon = (float(v) for v in page.evaluate("location.hash")[1:].split("/")[:3])
     page.wait_for_selector("tr.pixel-year >> nth=1")
     page.wait_for_selector("#pixel-chart circle.observation")
 
     place = page.locator("#pixel-info .place")
     shown_lon, shown_lat = float(place.get_attribute("data-lon")), float(place.get_attribute("data-lat"))
-    assert abs(shown_lon - lon) < 2e-5 and abs(shown_lat - lat) < 2e-5
+    # Within a pixel (10 m): the address rounds the centre to a few decimals.
+    assert abs(shown_lon - centre_lon) < 1.5e-4 and abs(shown_lat - centre_lat) < 1.5e-4
+    assert abs(shown_lon - lon) < 0.05 and abs(shown_lat - lat) < 0.05  # and near the place it was opened at
     tile, row, col = world.pixel(shown_lon, shown_lat)
     window = (slice(row, row + 1), slice(col, col + 1))
     rows = page.locator("tr.pixel-year")

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from browsers import chromium_or_skip
 from PIL import Image
 from pyproj import Transformer
 from serve_support import COLLECTION, PASSWORD, Client, Server, config_data, layer_frame, run_change_stage, write_config
@@ -45,7 +46,6 @@ from tasks.export.maps import export_year, map_groups
 from tasks.export.stac import write_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("LCMS_TEST_ARTIFACTS", "/tmp/lcms-test-artifacts"))
 SCREENSHOTS = REPO / "docs" / "screenshots"
 USERS = {"olga": "operator", "oscar": "operator", "vera": "viewer", "ada": "admin"}
@@ -169,15 +169,11 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        message = "Chromium is not installed (make system-deps, or apt install chromium)"
-        if os.environ.get("LCMS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        launched = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield launched
         launched.close()
 
@@ -335,14 +331,15 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     wait_idle(page, "mapBIdle")
     area = page.locator("#map-area")
 
-    def swiped_at_half(shot: bytes) -> bool:
-        return (
-            legend_fraction(shot, (0.05, 0.45)) > 0.6
-            and legend_fraction(shot, (0.55, 0.95)) < 0.1
-            and background_fraction(shot, (0.55, 0.95)) < 0.1
+    def swiped(map_part: tuple[float, float], imagery_part: tuple[float, float]):
+        """Whether a screenshot shows the map in one part of its width and the composite in the other."""
+        return lambda shot: (
+            legend_fraction(shot, map_part) > 0.6
+            and legend_fraction(shot, imagery_part) < 0.1
+            and background_fraction(shot, imagery_part) < 0.1
         )
 
-    shot = settled(area.screenshot, swiped_at_half)
+    shot = settled(area.screenshot, swiped((0.05, 0.45), (0.55, 0.95)))
     assert legend_fraction(shot, (0.05, 0.45)) > 0.6
     assert legend_fraction(shot, (0.55, 0.95)) < 0.1 and background_fraction(shot, (0.55, 0.95)) < 0.1
     imagery = [(u, s) for u, s in session.responses if "/imagery/2024/true-colour/tiles/" in u]
@@ -355,14 +352,7 @@ def test_viewer_draws_tiles_toggles_layers_and_swipes(world, open_session):
     page.mouse.up()
     page.wait_for_timeout(300)
 
-    def swiped_at_quarter(shot: bytes) -> bool:
-        return (
-            legend_fraction(shot, (0.02, 0.22)) > 0.6
-            and legend_fraction(shot, (0.3, 0.45)) < 0.1
-            and background_fraction(shot, (0.3, 0.45)) < 0.1
-        )
-
-    shot = settled(area.screenshot, swiped_at_quarter)
+    shot = settled(area.screenshot, swiped((0.02, 0.22), (0.3, 0.45)))
     assert legend_fraction(shot, (0.02, 0.22)) > 0.6
     assert legend_fraction(shot, (0.3, 0.45)) < 0.1, "the composite should now show where the map was"
     assert background_fraction(shot, (0.3, 0.45)) < 0.1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from browsers import chromium_or_skip
 from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
@@ -328,7 +328,7 @@ def test_planted_changes_are_found_with_precision_and_recall_above_0_9(planted, 
 def test_report_numbers_match_an_independent_count_and_the_page_renders(planted, prefect_server, tmp_path):
     from flows.change import change_flow
     from flows.report import report_flow
-    from tasks.report.html import find_browser, screenshot
+    from tasks.report.html import screenshot
 
     cfg, store, grid = planted
     regions_path = tmp_path / "regions.gpkg"
@@ -387,11 +387,7 @@ def test_report_numbers_match_an_independent_count_and_the_page_renders(planted,
     assert report["change_summary"]["polygons"] == len(layer)
 
     # The page renders in a real browser, with every map loaded, from a copy of report.html alone.
-    if find_browser() is None:
-        message = "Chromium is not installed (make system-deps, or apt install chromium)"
-        if os.environ.get("LCMS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium_or_skip()
     alone = tmp_path / "report-alone"
     alone.mkdir()
     (alone / "report.html").write_bytes((folder / "report.html").read_bytes())

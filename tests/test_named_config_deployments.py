@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browsers import chromium_or_skip
 from test_deployment_server import (
     PREFECT,
     REPO,
@@ -51,7 +52,6 @@ from test_deployment_server import (
 )
 
 LCMS = shutil.which("lcms", path=str(VENV_BIN)) or shutil.which("lcms")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UI_TILE = TILES[1]  # a tile the API runs leave alone
 pytestmark = pytest.mark.skipif(PREFECT is None or LCMS is None, reason="the prefect and lcms commands are needed")
 
@@ -240,18 +240,14 @@ def screenshots(capsys) -> Path:
 
 
 def test_the_run_form_needs_only_the_config_name_and_a_tile(readme, screenshots):
-    if CHROMIUM is None:
-        message = "Chromium is not installed (make system-deps, or apt install chromium)"
-        if os.environ.get("LCMS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium = chromium_or_skip()
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect, sync_playwright
 
     deployment = deployments_by_name()["download"]
     ui = readme.api_url.removesuffix("/api")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         try:
             page.goto(f"{ui}/v2/deployments/deployment/{deployment.id}/run")

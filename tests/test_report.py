@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browsers import chromium_or_skip
 from matplotlib.colors import to_hex
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from PIL import Image
@@ -32,7 +32,6 @@ from tasks.change.polygons import write_change_layer
 from tasks.change.tile import change_tile
 from tasks.report.build import build_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAP_IDS = ["map-2023-33N", "map-2024-33N", "change-2023-2024-33N"]  # two years and their change, one UTM zone
 CHART_IDS = ["areas-chart", "transitions-chart"]
 
@@ -138,15 +137,11 @@ def test_the_report_file_alone_names_no_other_file_and_holds_every_image(report_
 
 
 def test_the_copied_report_shows_every_image_in_chromium(report_alone):
-    if CHROMIUM is None:
-        message = "Chromium is not installed (make system-deps, or apt install chromium)"
-        if os.environ.get("LCMS_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             requested, failed = [], []

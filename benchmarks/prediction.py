@@ -1,15 +1,15 @@
-"""Prediction speed: LCMS's prediction tile task beside eo-learn's land-cover PredictPatchTask, same model, same tile.
+"""Prediction speed: LCMS's prediction tile task (LightGBM, lleaves, treelite) beside eo-learn's PredictPatchTask.
 
-    python benchmarks/prediction.py [--quick] [--size 1000] [--dates 30] [--threads 2] [--repeats 2]
+    python benchmarks/prediction.py [--quick] [--size 1000] [--dates 30] [--threads 1] [--repeats 2]
+                                    [--compile off lleaves treelite]
 
 The tile (default 1000 × 1000 px at 10 m) is real LCMS features: a SyntheticScene rendering
 (`dates` acquisitions in 2023, true clouds as the cloud mask) goes through the features
 stage (`tasks.features.tile.features_tile`, default FeaturesConfig: 6 bands + 6 indices
 interpolated onto 23 dates, stored as int16 in a local Zarr store), i.e. 276 columns per pixel.
 One LightGBM model is trained (single-threaded, not timed) on 20 000 pixels of that tile, the
-scene's land cover (6 classes) as labels, with lightgbm's sklearn
-`LGBMClassifier(n_estimators=100)` as in eo-learn's land-cover example: 600 trees. Both sides
-then use exactly the same trees:
+scene's land cover as labels, with lightgbm's sklearn `LGBMClassifier(n_estimators=100)` as in
+eo-learn's land-cover example: 100 trees per class. Both sides then use exactly the same trees:
 
 * LCMS: the classifier's booster saved with `tasks.training.save_model` (model.txt + model.json,
   all 100 iterations) and stored as the training stage's product, as the training stage does;
@@ -18,30 +18,39 @@ then use exactly the same trees:
   LCMS's model.txt (identical `dump_model()["tree_info"]`) before timing anything.
 
 Each side runs in its own subprocess (peak RSS is that process's own VmHWM), with the same
-number of LightGBM threads (`--threads`, default 2 = the cores of the benchmark machine; also
-OMP_NUM_THREADS; the classifier's n_jobs). Timed, best of `--repeats` runs (first run in brackets):
+number of threads (`--threads`, default 1: tiles run in parallel, one per core, so the per-core
+figure is what counts; also OMP_NUM_THREADS; the classifier's n_jobs). LCMS runs once per
+predictor (`--compile`, `prediction.compile`: off = LightGBM itself, lleaves, treelite; treelite
+needs `treelite==4.1.2 tl2cgen==1.0.0` and gcc, which LCMS does not install). Per predictor:
 
-* LCMS end to end: `tasks.prediction.tile.prediction_tile` (model fetched from the store and
-  cached per process, features read block by block from Zarr and unpacked to float32 with NaN,
-  one LightGBM pass per 256² block, labels/probabilities/confidence written to Zarr). A
-  breakdown says how much of it is LightGBM (`tasks.training.predict`) and the int16 unpack.
-* LCMS pure predict: `tasks.training.predict` on the whole tile's (h·w, t·f) float32 matrix.
-* eo-learn end to end: an EOWorkflow LoadTask → PredictPatchTask → SaveTask on an EOPatch
-  saved with EOPatch.save (FEATURES float32 (t, h, w, f), NaN where missing: the same values
-  LCMS unpacks). PredictPatchTask is the example's EOTask (eo-learn has no prediction task):
-  reshape FEATURES to (h·w, t·f), `model.predict(X)` → MASK_TIMELESS LBL_GBM,
-  `model.predict_proba(X)` → DATA_TIMELESS SCR_GBM. The load is restricted to FEATURES and the
-  save to the two outputs (the example saves the whole patch back, which would also rewrite
-  FEATURES: cheaper for eo-learn here, so the ratio is conservative).
-* eo-learn pure predict: `model.predict(X)` + `model.predict_proba(X)` on the same matrix.
+* compile: `tasks.prediction.compiled.load_predictor` into an empty cache, timed once (the
+  compiler runs in a child process; its peak RSS is reported apart);
+* LCMS end to end: `tasks.prediction.tile.prediction_tile` with the compiled model cached (model
+  fetched from the store once per process, int16 features read block by block from Zarr,
+  decoded 8192 rows at a time, pixels without a valid observation skipped, labels /
+  probabilities / confidence written to Zarr); a breakdown says how much of it is the predictor
+  and the int16 decode. Best of `--repeats` runs (first run in brackets);
+* LCMS pure predict: the predictor on the whole tile's rows (all pixels, as eo-learn), 8192 per
+  call, with `--threads` threads and with every core.
+
+eo-learn:
+* end to end: an EOWorkflow LoadTask → PredictPatchTask → SaveTask on an EOPatch saved with
+  EOPatch.save (FEATURES float32 (t, h, w, f), NaN where missing: the same values LCMS decodes).
+  PredictPatchTask is the example's EOTask (eo-learn has no prediction task): reshape FEATURES
+  to (h·w, t·f), `model.predict(X)` → MASK_TIMELESS LBL_GBM, `model.predict_proba(X)` →
+  DATA_TIMELESS SCR_GBM. The load is restricted to FEATURES and the save to the two outputs (the
+  example saves the whole patch back, which would also rewrite FEATURES: cheaper for eo-learn
+  here, so the ratio is conservative);
+* pure predict: `model.predict(X)` + `model.predict_proba(X)` on the same matrix.
 
 The table gives Mpx/s (pixels of the tile per second), CPU/wall (cores kept busy: below the
-thread count in the LightGBM-bound rows, another process had a core and the run is noisy),
-peak RSS and the LCMS / eo-learn speed ratios; then the agreement of the labels (equal pixels
-among those with a valid observation; LCMS writes no data where a pixel never had one) and
-of the probabilities in percent. --quick runs a 500 × 500 px tile once; --keep DIR keeps the
-store, model and EOPatch for further experiments. The data preparation (rendering, features
-stage, training, EOPatch.save) is not timed; the whole run takes about 4 minutes.
+thread count, another process had a core and the run is noisy), peak RSS and the eo-learn /
+LCMS time ratios; then per predictor the agreement of the labels with eo-learn's (equal pixels
+among those with a valid observation; LCMS writes no data where a pixel never had one), of the
+percent probabilities, and the largest probability difference from the first predictor
+(LightGBM itself when compile=off is measured first). --quick runs a 500 × 500 px tile once;
+--keep DIR keeps the store, model and EOPatch. The data preparation (rendering, features stage,
+training, EOPatch.save) is not timed.
 """
 
 from __future__ import annotations
@@ -108,24 +117,37 @@ class Runs:
         return {"seconds": self.wall[i], "first_seconds": self.wall[0], "cpu_per_wall": self.cpu[i] / self.wall[i]}
 
 
-def _worker_lcms(folder: Path, threads: int, repeats: int) -> dict:
+def _worker_lcms(folder: Path, threads: int, repeats: int, mode: str = "off") -> dict:
+    """One predictor (`mode`: off = LightGBM, lleaves, treelite): compile, tile task, pure predict."""
+    import resource
+
     import numpy as np
 
     sys.path.insert(0, str(REPO))
+    import tasks.prediction.compiled as compiled
     import tasks.prediction.tile as prediction_tile_module
     from lcms.config import PredictionConfig
     from lcms.geometry import PixelGrid
     from lcms.grid import Tile
     from lcms.store import TileStore
     from tasks.features.tile import unpack
-    from tasks.training.model import predict
 
     store = TileStore(str(folder / "store"))
     grid = PixelGrid.from_attrs(json.loads((folder / "grid.json").read_text()))
     tile = Tile(TILE_ID, grid, grid.bounds)
-    cfg = PredictionConfig(num_threads=threads)
+    cfg = PredictionConfig(num_threads=threads, compile=mode)
 
-    # Breakdown of the tile task: time spent inside LightGBM's pass and the int16 unpack.
+    # Compiling (into a fresh cache folder: timed once; the tile tasks then find it cached).
+    os.environ["LCMS_HOME"] = str(folder / f"home-{mode}")
+    booster, metadata, _ = prediction_tile_module.load_stored_model(store, MODEL_NAME)
+    t0 = time.perf_counter()
+    predictor = compiled.load_predictor(booster, metadata, mode, num_threads=threads)
+    compile_seconds = time.perf_counter() - t0
+    if predictor.name != ("lightgbm" if mode == "off" else mode):
+        raise RuntimeError(f"{mode} did not compile: {predictor.reason}")
+    compile_child_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # lleaves' LLVM, gcc
+
+    # Breakdown of the tile task: time spent inside the predictor and in the int16 decode.
     spent = {"predict": 0.0, "unpack": 0.0}
 
     def timed(name, fn):
@@ -138,8 +160,9 @@ def _worker_lcms(folder: Path, threads: int, repeats: int) -> dict:
 
         return wrapper
 
-    prediction_tile_module.predict = timed("predict", predict)
     prediction_tile_module.unpack = timed("unpack", unpack)
+    predictor.predict_proba = timed("predict", predictor.predict_proba)
+    prediction_tile_module.load_predictor = lambda *args, **kwargs: predictor
     runs, parts = Runs(), []
     for _ in range(repeats):
         spent.update(predict=0.0, unpack=0.0)
@@ -147,22 +170,31 @@ def _worker_lcms(folder: Path, threads: int, repeats: int) -> dict:
             prediction_tile_module.prediction_tile(store, tile, YEAR, cfg, MODEL_NAME)
         parts.append(dict(spent))
     task = {**runs.figures(), "peak_rss_mib": peak_rss_mib(), **parts[runs.best_index]}
+    out = store.open_tile("prediction", YEAR, TILE_ID)
+    np.save(folder / f"lcms_{mode}_labels.npy", out.read("labels"))
+    np.save(folder / f"lcms_{mode}_percent.npy", out.read("probabilities"))
 
-    # Pure predict: the whole tile's matrix in memory, one call.
+    # Pure predict: the whole tile's float rows in memory, 8192 rows per call (as the task does), all
+    # pixels (as eo-learn); the tile task's threads, then every core. Probabilities kept at 1 thread.
     features = store.open_tile("features", YEAR, TILE_ID)
     values = unpack(features.read("features"))  # (t, y, x, f)
     t, h, w, f = values.shape
-    X = np.ascontiguousarray(values.transpose(1, 2, 0, 3)).reshape(h * w, t * f)
+    X = np.ascontiguousarray(values.transpose(1, 2, 0, 3)).reshape(h * w, t * f).astype(predictor.dtype)
     del values
-    booster, metadata, _ = prediction_tile_module.load_stored_model(store, MODEL_NAME)
-    runs, labels, percent = Runs(), None, None
-    for _ in range(repeats):
-        labels = percent = None
-        with runs.run():
-            labels, percent = predict(booster, metadata, X, threads)
-    np.save(folder / "lcms_pure_labels.npy", labels.reshape(h, w))
-    np.save(folder / "lcms_pure_percent.npy", percent.reshape(h, w, -1))
-    return {"task": task, "pure": {**runs.figures(), "peak_rss_mib": peak_rss_mib()}}
+    rows = prediction_tile_module.ROWS_PER_PASS
+    pure = {}
+    for label, n_threads in (("pure", threads), ("pure_all", os.cpu_count())):
+        predictor = compiled.load_predictor(booster, metadata, mode, num_threads=n_threads)  # cached now
+        runs = Runs()
+        for _ in range(repeats):
+            with runs.run():
+                proba = np.concatenate(
+                    [predictor.predict_proba(X[s : s + rows], n_threads) for s in range(0, h * w, rows)]
+                )
+        pure[label] = {**runs.figures(), "peak_rss_mib": peak_rss_mib(), "threads": n_threads}
+        if label == "pure":
+            np.save(folder / f"lcms_{mode}_pure_proba.npy", proba.reshape(h, w, -1))
+    return {"task": task, **pure, "compile_seconds": compile_seconds, "compile_child_mib": compile_child_mib}
 
 
 def _predict_patch_task():
@@ -290,10 +322,10 @@ def _worker_eolearn(folder: Path, threads: int, repeats: int) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def run_worker(python: Path, worker: str, folder: Path, threads: int, repeats: int) -> dict:
+def run_worker(python: Path, worker: str, folder: Path, threads: int, repeats: int, mode: str = "off") -> dict:
     """Run one worker in its own subprocess with `threads` OpenMP threads; returns its figures."""
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", worker, "--folder", str(folder)]
-    cmd += ["--threads", str(threads), "--repeats", str(repeats)]
+    cmd += ["--threads", str(threads), "--repeats", str(repeats), "--compile", mode]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -369,16 +401,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 × 500 px, one run per method")
     parser.add_argument("--size", type=int, default=1000, help="tile side in pixels")
     parser.add_argument("--dates", type=int, default=30, help="acquisitions rendered in the year")
-    parser.add_argument("--threads", type=int, default=2, help="LightGBM threads on both sides")
+    parser.add_argument("--threads", type=int, default=1, help="prediction threads on both sides")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (best one reported)")
     parser.add_argument("--eolearn-venv", type=Path, default=HERE / ".venv-eolearn")
     parser.add_argument("--keep", type=Path, help="new folder to make the data in and keep (default: a temporary one)")
     parser.add_argument("--worker", choices=["lcms", "eolearn", "eolearn-prepare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        default=["off", "lleaves", "treelite"],
+        help="LCMS predictors to measure (off = LightGBM itself; treelite needs treelite and tl2cgen installed)",
+    )
     args = parser.parse_args()
 
     if args.worker == "lcms":
-        print(json.dumps(_worker_lcms(args.folder, args.threads, args.repeats)))
+        print(json.dumps(_worker_lcms(args.folder, args.threads, args.repeats, args.compile[0])))
         return
     if args.worker == "eolearn":
         print(json.dumps(_worker_eolearn(args.folder, args.threads, args.repeats)))
@@ -437,64 +475,89 @@ def main() -> None:
         (folder / "features.npy").unlink()
         print(f"EOPatch saved in {prepared['save_seconds']:.0f} s (not timed)", flush=True)
 
-        print(f"running LCMS ({args.threads} threads) ...", flush=True)
-        lcms = run_worker(Path(sys.executable), "lcms", folder, args.threads, args.repeats)
+        lcms = {}
+        for mode in args.compile:
+            print(f"running LCMS, compile={mode} ({args.threads} threads) ...", flush=True)
+            lcms[mode] = run_worker(Path(sys.executable), "lcms", folder, args.threads, args.repeats, mode)
         print(f"running eo-learn ({args.threads} threads) ...", flush=True)
         eo = run_worker(eo_python, "eolearn", folder, args.threads, args.repeats)
 
-        out = store.open_tile("prediction", YEAR, TILE_ID)
-        labels, percent = out.read("labels"), out.read("probabilities")
-        eo_labels, eo_percent = np.load(folder / "eolearn_labels.npy"), np.load(folder / "eolearn_percent.npy")
         valid = ~no_valid
-        same_labels = (labels[valid] == eo_labels[valid]).mean()
-        percent_diff = np.abs(percent[valid].astype(int) - eo_percent[valid].astype(int)).max()
-        pure_same = (np.load(folder / "lcms_pure_labels.npy") == np.load(folder / "eolearn_pure_labels.npy")).mean()
-        pure_percent_diff = np.abs(
-            np.load(folder / "lcms_pure_percent.npy").astype(int) - np.load(folder / "eolearn_pure_percent.npy")
-        ).max()
+        eo_labels, eo_percent = np.load(folder / "eolearn_labels.npy"), np.load(folder / "eolearn_percent.npy")
+        eo_pure_labels = np.load(folder / "eolearn_pure_labels.npy")
+        reference = next(iter(lcms))  # LightGBM itself when measured (compile=off first)
+        ref_proba = np.load(folder / f"lcms_{reference}_pure_proba.npy")
+        agreement = {}
+        for mode in lcms:
+            labels, percent = np.load(folder / f"lcms_{mode}_labels.npy"), np.load(folder / f"lcms_{mode}_percent.npy")
+            proba = np.load(folder / f"lcms_{mode}_pure_proba.npy")
+            agreement[mode] = {
+                "labels_vs_eolearn": (labels[valid] == eo_labels[valid]).mean(),
+                "percent_vs_eolearn": np.abs(percent[valid].astype(int) - eo_percent[valid].astype(int)).max(),
+                "pure_labels_vs_eolearn": (np.argmax(proba, axis=2) == _codes_to_index(eo_pure_labels, model)).mean(),
+                "proba_vs_reference": np.abs(proba - ref_proba).max(),
+            }
 
     def row(name: str, r: dict, ratio: str) -> str:
         first = f"({r['first_seconds']:.2f})"
         speed = n_px / r["seconds"] / 1e6
         cpu = f"{r['cpu_per_wall']:.2f}"
-        return f"{name:<34}{r['seconds']:9.2f}{first:>9}{speed:9.3f}{cpu:>9}{r['peak_rss_mib']:10.0f}{ratio:>16}"
+        return f"{name:<40}{r['seconds']:9.2f}{first:>9}{speed:9.3f}{cpu:>9}{r['peak_rss_mib']:10.0f}{ratio:>16}"
 
     def ratio(a: dict, b: dict) -> str:
         return f"{b['seconds'] / a['seconds']:.2f}× ({b['first_seconds'] / a['first_seconds']:.2f}×)"
 
+    load = os.getloadavg()
     print()
     print(
-        f"{args.size} × {args.size} px = {n_px / 1e6:.2f} Mpx, {len(dates) * len(names)} columns, "
-        f"{model['trees']} trees ({len(model['classes'])} classes × 100), {args.threads} LightGBM threads; "
-        f"best of {args.repeats} (first run in brackets)"
+        f"{args.size} × {args.size} px = {n_px / 1e6:.2f} Mpx (synthetic scene, {args.dates} acquisitions), "
+        f"{len(dates)} dates × {len(names)} features = {len(dates) * len(names)} columns, {model['trees']} trees "
+        f"({len(model['classes'])} classes × 100), {args.threads} thread(s); best of {args.repeats} (first run in "
+        f"brackets); load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     print(
-        f"CPU/wall: cores kept busy (well below {args.threads} in the LightGBM-bound rows: another process had a "
-        "core). RSS: the worker's peak so far (the pure rows hold the whole tile's matrix)."
+        "CPU/wall: cores kept busy. RSS: the worker's peak so far (the pure rows hold the whole tile's matrix). "
+        "Ratios: eo-learn seconds / LCMS seconds."
     )
-    print(f"{'method':<34}{'seconds':>9}{'(first)':>9}{'Mpx/s':>9}{'CPU/wall':>9}{'RSS MiB':>10}{'LCMS/eo-learn':>16}")
-    print(row("LCMS prediction_tile", lcms["task"], ratio(lcms["task"], eo["task"])))
+    head = f"{'method':<40}{'seconds':>9}{'(first)':>9}{'Mpx/s':>9}{'CPU/wall':>9}{'RSS MiB':>10}{'eo-learn/LCMS':>16}"
+    print(head)
     print(row("eo-learn Load→PredictPatch→Save", eo["task"], ""))
-    print(row("LCMS predict (1 pass)", lcms["pure"], ratio(lcms["pure"], eo["pure"])))
+    for mode, r in lcms.items():
+        print(row(f"LCMS prediction_tile, compile={mode}", r["task"], ratio(r["task"], eo["task"])))
     print(row("eo-learn predict + predict_proba", eo["pure"], ""))
+    for mode, r in lcms.items():
+        print(row(f"LCMS {mode} pure, {r['pure']['threads']} thread(s)", r["pure"], ratio(r["pure"], eo["pure"])))
+        print(row(f"LCMS {mode} pure, {r['pure_all']['threads']} thread(s)", r["pure_all"], ""))
     print()
-    t = lcms["task"]
-    print(
-        f"LCMS tile task: LightGBM {t['predict']:.2f} s ({t['predict'] / t['seconds'] * 100:.0f} %), "
-        f"int16 unpack {t['unpack']:.2f} s, Zarr read/write + reshape + rest "
-        f"{t['seconds'] - t['predict'] - t['unpack']:.2f} s"
-    )
+    for mode, r in lcms.items():
+        t = r["task"]
+        print(
+            f"compile={mode}: compiled in {r['compile_seconds']:.1f} s (compiler child peak RSS "
+            f"{r['compile_child_mib']:.0f} MiB); tile task: predictor {t['predict']:.2f} s "
+            f"({t['predict'] / t['seconds'] * 100:.0f} %), int16 decode {t['unpack']:.2f} s, Zarr read/write + "
+            f"reshape + rest {t['seconds'] - t['predict'] - t['unpack']:.2f} s"
+        )
     steps = ", ".join(f"{name} {s:.2f} s" for name, s in eo["task"]["steps"].items())
     print(
         f"eo-learn workflow: {steps}; predict alone {eo['pure']['predict_only_seconds']:.2f} s of the pure "
         f"{eo['pure']['seconds']:.2f} s (predict_proba runs the trees a second time)"
     )
-    print(
-        f"labels: {same_labels * 100:.4f} % equal over the {valid.sum()} pixels with a valid observation "
-        f"(LCMS writes 0 on the {no_valid.sum()} others); pure predictions {pure_same * 100:.4f} % equal "
-        f"over all pixels; probabilities in percent: max |LCMS − eo-learn| = {percent_diff} "
-        f"(pure: {pure_percent_diff})"
-    )
+    for mode, a in agreement.items():
+        print(
+            f"compile={mode}: labels {a['labels_vs_eolearn'] * 100:.4f} % equal to eo-learn's over the "
+            f"{valid.sum()} pixels with a valid observation (LCMS writes 0 on the {no_valid.sum()} others), "
+            f"pure {a['pure_labels_vs_eolearn'] * 100:.4f} % over all pixels; percent max |LCMS − eo-learn| = "
+            f"{a['percent_vs_eolearn']}; probabilities max |{mode} − {reference}| = {a['proba_vs_reference']:.2e}"
+        )
+
+
+def _codes_to_index(codes, model: dict):
+    """Legend codes → column index in the model's classes (eo-learn's labels are codes)."""
+    import numpy as np
+
+    lookup = np.zeros(256, np.int64)
+    lookup[np.array(model["classes"])] = np.arange(len(model["classes"]))
+    return lookup[codes]
 
 
 if __name__ == "__main__":

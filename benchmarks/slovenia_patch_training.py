@@ -2,7 +2,9 @@
 
     python benchmarks/slovenia_patch_training.py [--store /tmp/lcms-slovenia-store] [--year 2017]
         [--seeds 1] [--erosion-px 0] [--min-valid-coverage 0.8] [--context NDVI] [--context-sizes 3 5]
-        [--dem] [--class-weight balanced]
+        [--dem] [--phenology NDVI] [--class-weight balanced] [--feature-fraction 0.3]
+    python benchmarks/slovenia_patch_training.py --config examples/slovenia-patch-best.yaml [--seeds 3]
+    python benchmarks/slovenia_patch_training.py --compare [--seeds 3]   # the table of variants, CV choice, JSON
 
 The issue-5 experiment, redone in both directions (issue 22), through the store-backed stage tasks
 (no Prefect needed):
@@ -10,7 +12,8 @@ The issue-5 experiment, redone in both directions (issue 22), through the store-
 1. features: the patch's NDVI frames of the year (eopatch/data/NDVI.npy) with valid = IS_DATA and
    not CLM, frames with valid coverage >= --min-valid-coverage, interpolated onto the 16-day grid
    of the year (tasks/features/temporal.py), plus the spatial context features of
-   FeaturesConfig.context_* (tasks/features/context.py) and, with --dem, the patch's elevation and
+   FeaturesConfig.context_* (tasks/features/context.py), the yearly statistics of
+   FeaturesConfig.phenology_* (tasks/features/phenology.py) and, with --dem, the patch's elevation and
    slope (tasks/features/terrain.py, read from a GeoTIFF), computed on the whole patch and written
    to the store as the features stage writes them (int16), as two tiles: the west half
    (columns 0-49) and the east half (columns 50-99);
@@ -22,6 +25,16 @@ The issue-5 experiment, redone in both directions (issue 22), through the store-
    labelled pixel of the held-out half (un-eroded reference) and on its test samples.
 It prints, for train west → test east and train east → test west, the training stage's
 validation (both sets of pixels side by side) and a closing table of both directions.
+
+The settings come from the flags, or from an LCMS config's `features`, `reference.erosion_px` and
+`training` sections (--config; its paths and bands are replaced by the patch's: NDVI only).
+
+--compare runs `VARIANTS` (the defaults, the previous best, each idea alone on top of it, and the
+combination) through the stages, and then the setting chosen by cross-validation inside the
+training half only (`choose_by_cv`: for each direction, each variant of `CANDIDATES` is trained on
+the north half of the training half and scored on every labelled pixel of its south half, and the
+other way round; the variant with the highest mean OA + macro F1 over both folds wins; no pixel of
+the test half is read). It writes the table to benchmarks/results/slovenia_patch_training.json.
 """
 
 from __future__ import annotations
@@ -45,13 +58,16 @@ from lcms.config import (
 from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import TileStore
+from tasks.features.phenology import with_phenology
 from tasks.features.temporal import date_grid, interpolate
 from tasks.features.terrain import read_dem, terrain_features
-from tasks.features.tile import pack, with_context
+from tasks.features.tile import pack, unpack, with_context
 from tasks.merge.dataset import merge_samples
-from tasks.reference.tile import reference_tile, reference_version
+from tasks.reference.polygons import erode_labels, rasterize_reference
+from tasks.reference.tile import reference_polygons, reference_tile, reference_version
 from tasks.sampling.tile import sampling_tile
 from tasks.training.metrics import metrics_markdown
+from tasks.training.model import train_model
 from tasks.training.stage import training_stage
 
 PATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "slovenia-testpatch" / "eopatch"
@@ -106,14 +122,22 @@ def write_patch_dem(path: Path) -> str:
     return str(path)
 
 
-def write_patch_inputs(store: TileStore, year: int, features: FeaturesConfig, reference: ReferenceConfig) -> int:
-    """Features and reference of both halves in the store, as those stages write them; returns frames kept."""
+def patch_values(year: int, features: FeaturesConfig):
+    """The features stage's output on the whole patch: (values (t, y, x, f) float32, no_valid, dates, frames
+    kept, valid_count), in the order of `features.stored_feature_names`."""
     values, no_valid, targets, n_kept, valid_count = patch_features(year, features.min_valid_coverage)
     values = with_context(values, features)  # on the whole patch: each half sees its neighbour, like a buffer
+    values = with_phenology(values, targets, features)
     if features.dem_path:  # as the features stage adds it: read onto the grid, the same at every date
         grid = patch_grid()
         terrain = terrain_features(read_dem(features.dem_path, grid), grid.resolution)
         values = np.concatenate([values, np.broadcast_to(terrain, (len(values), *terrain.shape))], axis=-1)
+    return values, no_valid, targets, n_kept, valid_count
+
+
+def write_patch_inputs(store: TileStore, year: int, features: FeaturesConfig, reference: ReferenceConfig) -> int:
+    """Features and reference of both halves in the store, as those stages write them; returns frames kept."""
+    values, no_valid, targets, n_kept, valid_count = patch_values(year, features)
     coords = {"time": targets, "feature": np.array(features.stored_feature_names)}
     for tile, cols in patch_tiles().values():
         with store.writer("features", year, tile.tile_id, tile.grid, f"eopatch-{year}", coords) as writer:
@@ -147,21 +171,233 @@ def run_direction(
     return metrics, time.perf_counter() - t0
 
 
-def _row(direction: str, runs: list[dict]) -> str:
-    def mean(get) -> str:
-        return f"{np.mean([get(m) for m in runs]):.3f}"
+# The variants --compare runs, each a set of overrides of (features, reference, training) settings.
+BEST_SO_FAR = {"erosion_px": 0, "context_features": ["NDVI"]}
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "erosion 0 + NDVI context (previous best)": BEST_SO_FAR,
+    "+ NDVI phenology": {**BEST_SO_FAR, "phenology_features": ["NDVI"]},
+    "+ class_weight balanced": {**BEST_SO_FAR, "class_weight": "balanced"},
+    "+ feature_fraction 0.3": {**BEST_SO_FAR, "feature_fraction": 0.3},
+    "+ phenology, feature_fraction 0.3": {**BEST_SO_FAR, "phenology_features": ["NDVI"], "feature_fraction": 0.3},
+    "+ phenology, balanced, feature_fraction 0.3": {
+        **BEST_SO_FAR,
+        "phenology_features": ["NDVI"],
+        "class_weight": "balanced",
+        "feature_fraction": 0.3,
+    },
+}
+# What cross-validation inside the training half chooses from (every variant but the defaults).
+CANDIDATES = [name for name in VARIANTS if name != "defaults"]
+REFERENCE_KEYS = {"erosion_px"}
+TRAINING_KEYS = set(TrainingConfig.model_fields)
 
-    a = [m["all_labelled"] for m in runs]
-    big = [n for n, c in a[0]["per_class"].items() if c["support"] >= 100]
-    recall = {n: float(np.mean([m["per_class"][n]["recall"] for m in a])) for n in big}
-    lowest = min(recall, key=recall.get)
-    return (
-        f"| {direction} | {a[0]['n_samples']} | {mean(lambda m: m['all_labelled']['overall_accuracy'])} | "
-        f"{mean(lambda m: m['all_labelled']['kappa'])} | {mean(lambda m: m['all_labelled']['macro_f1'])} | "
-        f"{runs[0]['interior']['n_samples']} | {mean(lambda m: m['interior']['overall_accuracy'])} | "
-        f"{mean(lambda m: m['interior']['macro_f1'])} | "
-        f"{lowest} {recall[lowest]:.2f} |"
+
+def settings(overrides: dict, threads: int = 2):
+    """(FeaturesConfig, ReferenceConfig, TrainingConfig) of the patch: NDVI only, with `overrides`."""
+    f = {k: v for k, v in overrides.items() if k not in REFERENCE_KEYS | TRAINING_KEYS}
+    r = {k: v for k, v in overrides.items() if k in REFERENCE_KEYS}
+    t = {k: v for k, v in overrides.items() if k in TRAINING_KEYS}
+    features = FeaturesConfig(**{"bands": [], "indices": ["NDVI"], **f})
+    reference = ReferenceConfig(path=str(PATCH / "vector_timeless" / "LULC.gpkg"), class_column="LULC_ID", **r)
+    return features, reference, TrainingConfig(**{"num_threads": threads, **t})
+
+
+def settings_from_config(path: Path, threads: int) -> dict:
+    """The overrides an LCMS config's features, reference.erosion_px and training sections give (NDVI only)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    features = {k: v for k, v in (data.get("features") or {}).items() if k not in ("bands", "indices", "dem_path")}
+    erosion = (data.get("reference") or {}).get("erosion_px")
+    training = dict(data.get("training") or {})
+    training.setdefault("num_threads", threads)
+    return {**features, **({"erosion_px": erosion} if erosion is not None else {}), **training}
+
+
+def _flat(values: np.ndarray) -> np.ndarray:
+    """(t, y, x, f) → (y, x, t·f), date-major like the sampling stage's columns."""
+    t, h, w, f = values.shape
+    return values.transpose(1, 2, 0, 3).reshape(h, w, t * f)
+
+
+def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    from sklearn import metrics as skm
+
+    present = np.unique(y)
+    return float(skm.accuracy_score(y, pred)), float(
+        skm.f1_score(y, pred, labels=present, average="macro", zero_division=0)
     )
+
+
+def cv_score(year: int, train_half: str, overrides: dict, seeds: int, threads: int) -> dict:
+    """Spatial 2-fold CV inside `train_half` only: train on its north (rows < height/2) or south part (on the
+    reference eroded as the variant says, 20 % held back for early stopping), score every labelled pixel of
+    the other part (un-eroded). Means over folds and `seeds`: {"oa", "macro_f1", "score" = oa + macro_f1}."""
+    features, reference, training = settings(overrides, threads)
+    values, no_valid, *_ = patch_values(year, features)
+    X = _flat(unpack(pack(values, features.dtype)))  # as stored
+    cols = patch_tiles()[train_half][1]
+    labels = rasterize_reference(reference_polygons(reference), patch_grid())[:, cols]
+    X, no_valid = X[:, cols], no_valid[:, cols]
+    north = np.zeros(labels.shape, dtype=bool)
+    north[: labels.shape[0] // 2] = True
+    oas, f1s = [], []
+    for fit_part in (north, ~north):
+        fit_labels = np.where(fit_part, labels, 0)  # erode within the fitting part only
+        if reference.erosion_px:
+            fit_labels = erode_labels(fit_labels, reference.erosion_px)
+        fit = (fit_labels > 0) & ~no_valid
+        score = ~fit_part & (labels > 0) & ~no_valid & np.isin(labels, np.unique(fit_labels[fit]))
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            n = int(fit.sum())
+            val = np.zeros(n, dtype=bool)
+            val[rng.choice(n, size=int(0.2 * n + 0.5), replace=False)] = True
+            Xf, yf = X[fit], fit_labels[fit]
+            names = [f"c{i}" for i in range(X.shape[-1])]
+            booster = train_model(
+                Xf[~val],
+                yf[~val],
+                Xf[val],
+                yf[val],
+                names,
+                params=training.lightgbm_params,
+                class_weight=None if training.class_weight == "none" else "balanced",
+                num_boost_round=training.num_boost_round,
+                early_stopping_rounds=training.early_stopping_rounds,
+                seed=seed,
+            )
+            proba = booster.predict(X[score], num_iteration=booster.best_iteration)
+            pred = np.asarray(booster.lcms_classes)[proba.argmax(axis=1)]
+            oa, f1 = _scores(labels[score], pred)
+            oas.append(oa)
+            f1s.append(f1)
+    return {"oa": float(np.mean(oas)), "macro_f1": float(np.mean(f1s)), "score": float(np.mean(oas) + np.mean(f1s))}
+
+
+def choose_by_cv(year: int, train_half: str, seeds: int, threads: int) -> tuple[str, dict[str, dict]]:
+    """The candidate with the best CV score inside `train_half`, and every candidate's CV figures."""
+    table = {name: cv_score(year, train_half, VARIANTS[name], seeds, threads) for name in CANDIDATES}
+    return max(table, key=lambda n: table[n]["score"]), table
+
+
+def run_settings(
+    store_path: Path, year: int, overrides: dict, seeds: int, threads: int, verbose: bool = True
+) -> dict[str, list[dict]]:
+    """Every stage on the patch with `overrides`, both directions, `seeds` validation draws each."""
+    shutil.rmtree(store_path, ignore_errors=True)
+    dem = overrides.get("dem")
+    overrides = {k: v for k, v in overrides.items() if k != "dem"}
+    if dem:
+        overrides["dem_path"] = write_patch_dem(store_path / "inputs" / "dem.tif")
+    features, reference, training = settings(overrides, threads)
+    store = TileStore(str(store_path))
+    n_kept = write_patch_inputs(store, year, features, reference)
+    for tile, _ in patch_tiles().values():
+        sampling_tile(store, tile, year, SamplingConfig(fraction=1.0))
+    if verbose:
+        print(
+            f"{year}: {n_kept} frames with valid coverage >= {features.min_valid_coverage}; features "
+            f"{features.stored_feature_names} on {len(date_grid(year, DateGridConfig()))} dates; "
+            f"reference eroded by {reference.erosion_px} px for sampling; class_weight {training.class_weight}, "
+            f"feature_fraction {training.feature_fraction}"
+        )
+    results: dict[str, list[dict]] = {}
+    for train_half, test_half in (("west", "east"), ("east", "west")):
+        direction = f"train {train_half}, test {test_half}"
+        for seed in range(seeds):
+            metrics, seconds = run_direction(store, year, test_half, seed * 100, training)
+            results.setdefault(direction, []).append(metrics)
+            if verbose:
+                print(f"\n# {direction}, validation draw {seed}: training stage {seconds:.1f} s")
+                print(metrics_markdown(metrics))
+    return results
+
+
+def summary(runs: list[dict]) -> dict:
+    """Means over validation draws of one direction: every labelled pixel (A), interior (B), per-class recall."""
+    a = [m["all_labelled"] for m in runs]
+    mean = lambda get: round(float(np.mean([get(m) for m in runs])), 4)  # noqa: E731
+    return {
+        "pixels": a[0]["n_samples"],
+        "oa": mean(lambda m: m["all_labelled"]["overall_accuracy"]),
+        "kappa": mean(lambda m: m["all_labelled"]["kappa"]),
+        "macro_f1": mean(lambda m: m["all_labelled"]["macro_f1"]),
+        "interior_pixels": runs[0]["interior"]["n_samples"],
+        "interior_oa": mean(lambda m: m["interior"]["overall_accuracy"]),
+        "interior_macro_f1": mean(lambda m: m["interior"]["macro_f1"]),
+        "recall": {
+            n: {
+                "recall": round(float(np.mean([x["per_class"][n]["recall"] for x in a])), 3),
+                "pixels": a[0]["per_class"][n]["support"],
+            }
+            for n, c in a[0]["per_class"].items()
+            if c["support"] > 0
+        },
+    }
+
+
+def print_table(results: dict[str, dict[str, list[dict]]], seeds: int) -> None:
+    print(f"\n# Both directions (means over {seeds} validation draw(s)); A = every labelled pixel of the")
+    print("# held-out half (un-eroded reference), B = its interior pixels (those a 1-px erosion keeps)\n")
+    print("| settings | direction | pixels A | OA A | kappa A | macro F1 A | OA B | macro F1 B | recall A per class |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for name, directions in results.items():
+        for direction, runs in directions.items():
+            m = summary(runs)
+            recall = ", ".join(f"{n} {r['recall']:.2f} ({r['pixels']})" for n, r in m["recall"].items())
+            print(
+                f"| {name} | {direction} | {m['pixels']} | {m['oa']:.3f} | {m['kappa']:.3f} | {m['macro_f1']:.3f} | "
+                f"{m['interior_oa']:.3f} | {m['interior_macro_f1']:.3f} | {recall} |"
+            )
+    print("\nrecall: class recall (pixels of the class in A)")
+
+
+def compare(args) -> None:
+    """Every variant, then the CV-chosen setting per direction; the table printed and written as JSON."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results: dict[str, dict[str, list[dict]]] = {}
+    for name, overrides in VARIANTS.items():
+        print(f"\n## {name}: {overrides}", flush=True)
+        results[name] = run_settings(args.store, args.year, overrides, args.seeds, args.threads, verbose=False)
+        print_table({name: results[name]}, args.seeds)
+    chosen, cv_tables = {}, {}
+    for train_half, test_half in (("west", "east"), ("east", "west")):
+        direction = f"train {train_half}, test {test_half}"
+        chosen[direction], cv_tables[direction] = choose_by_cv(args.year, train_half, args.cv_seeds, args.threads)
+        print(f"\n# CV inside the {train_half} half (north ↔ south folds, {args.cv_seeds} seed(s)): {direction}")
+        print("| candidate | CV OA | CV macro F1 | OA + F1 |\n|---|---:|---:|---:|")
+        for name, cv in cv_tables[direction].items():
+            mark = " **chosen**" if name == chosen[direction] else ""
+            print(f"| {name}{mark} | {cv['oa']:.3f} | {cv['macro_f1']:.3f} | {cv['score']:.3f} |")
+        # the chosen variant's test figures for this direction are those of its run above
+    results["chosen by CV in the training half"] = {d: results[chosen[d]][d] for d in chosen}
+    print_table(results, args.seeds)
+    out = Path(__file__).resolve().parent / "results" / "slovenia_patch_training.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "data": "real Slovenia test patch (../shared/data/slovenia-testpatch), 2017 NDVI, 101 x 100 px at 10 m",
+                "pixels": "A = every labelled pixel of the held-out half (un-eroded reference, LULC.gpkg), "
+                "classes the model learnt; B = its interior pixels (kept by a 1-px erosion)",
+                "split": "by tile: west half (columns 0-49) and east half (50-99), each held out in turn; the "
+                "training half's samples with 20 % held back for early stopping",
+                "seeds": args.seeds,
+                "cv_method": "2-fold spatial CV (north/south parts) inside the training half only; "
+                f"score = OA + macro F1; {args.cv_seeds} seed(s)",
+                "started_utc": started,
+                "variants": {name: VARIANTS.get(name, "per direction") for name in results},
+                "chosen_by_cv": chosen,
+                "cv_figures": cv_tables,
+                "results": {name: {d: summary(r) for d, r in dirs.items()} for name, dirs in results.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwritten: {out}")
 
 
 def main() -> None:
@@ -169,6 +405,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("/tmp/lcms-slovenia-store"))
     parser.add_argument("--year", type=int, default=2017)
     parser.add_argument("--seeds", type=int, default=1, help="validation draws per direction (means are printed)")
+    parser.add_argument("--config", type=Path, help="take the settings from an LCMS config (features, training, ...)")
+    parser.add_argument("--compare", action="store_true", help="run VARIANTS and the CV choice; write the JSON")
+    parser.add_argument("--cv-seeds", type=int, default=1, help="validation draws per CV fold (--compare)")
     parser.add_argument("--erosion-px", type=int, default=ReferenceConfig.model_fields["erosion_px"].default)
     parser.add_argument(
         "--min-valid-coverage", type=float, default=FeaturesConfig.model_fields["min_valid_coverage"].default
@@ -176,49 +415,31 @@ def main() -> None:
     default_features = FeaturesConfig(bands=[], indices=["NDVI"])
     parser.add_argument("--context", nargs="*", default=default_features.context_features, help="e.g. NDVI")
     parser.add_argument("--context-sizes", nargs="+", type=int, default=default_features.context_sizes)
+    parser.add_argument("--phenology", nargs="*", default=default_features.phenology_features, help="e.g. NDVI")
     parser.add_argument("--dem", action="store_true", help="add the patch's DEM: elevation and slope")
     parser.add_argument("--class-weight", default=TrainingConfig().class_weight)
+    parser.add_argument("--feature-fraction", type=float, default=TrainingConfig().feature_fraction)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    shutil.rmtree(args.store, ignore_errors=True)
-    features = FeaturesConfig(
-        bands=[],
-        indices=["NDVI"],
-        min_valid_coverage=args.min_valid_coverage,
-        context_features=args.context,
-        context_sizes=args.context_sizes,
-        dem_path=write_patch_dem(args.store / "inputs" / "dem.tif") if args.dem else None,
-    )
-    reference = ReferenceConfig(
-        path=str(PATCH / "vector_timeless" / "LULC.gpkg"), class_column="LULC_ID", erosion_px=args.erosion_px
-    )
-    training = TrainingConfig(num_threads=args.threads, class_weight=args.class_weight)
-    store = TileStore(str(args.store))
-    n_kept = write_patch_inputs(store, args.year, features, reference)
-    for tile, _ in patch_tiles().values():
-        sampling_tile(store, tile, args.year, SamplingConfig(fraction=1.0))
-    print(
-        f"{args.year}: {n_kept} frames with valid coverage >= {features.min_valid_coverage}; features "
-        f"{features.stored_feature_names} on {len(date_grid(args.year, DateGridConfig()))} dates; "
-        f"reference eroded by {reference.erosion_px} px for sampling"
-    )
-
-    results: dict[str, list[dict]] = {}
-    for train_half, test_half in (("west", "east"), ("east", "west")):
-        direction = f"train {train_half}, test {test_half}"
-        for seed in range(args.seeds):
-            metrics, seconds = run_direction(store, args.year, test_half, seed * 100, training)
-            results.setdefault(direction, []).append(metrics)
-            print(f"\n# {direction}, validation draw {seed}: training stage {seconds:.1f} s")
-            print(metrics_markdown(metrics))
-    print(f"\n# Both directions (means over {args.seeds} validation draw(s)); A = every labelled pixel of the")
-    print("# held-out half (un-eroded reference), B = its interior pixels (those a 1-px erosion keeps)\n")
-    print("| direction | pixels A | OA A | kappa A | macro F1 A | pixels B | OA B | macro F1 B | lowest recall A * |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for direction, runs in results.items():
-        print(_row(direction, runs))
-    print("\n* among the classes with at least 100 pixels in A")
+    if args.compare:
+        compare(args)
+        return
+    if args.config:
+        overrides = settings_from_config(args.config, args.threads)
+    else:
+        overrides = {
+            "erosion_px": args.erosion_px,
+            "min_valid_coverage": args.min_valid_coverage,
+            "context_features": args.context,
+            "context_sizes": args.context_sizes,
+            "phenology_features": args.phenology,
+            "dem": args.dem,
+            "class_weight": args.class_weight,
+            "feature_fraction": args.feature_fraction,
+        }
+    results = run_settings(args.store, args.year, overrides, args.seeds, args.threads)
+    print_table({"settings": results}, args.seeds)
 
 
 if __name__ == "__main__":

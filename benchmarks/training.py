@@ -14,6 +14,12 @@ set explicitly as `num_threads` / `n_jobs`):
   random_state=0 and verbose=-1 (quiet), fitted on training + validation, as eo-learn uses
   all its training samples.
 
+First, the real patch in both directions (`real_patch`): the store-backed stages of
+benchmarks/slovenia_patch_training.py (2017 NDVI, int16 in a store under --store), one half
+trains, the other is held out; LCMS's training stage (`fit_merged`, TrainingConfig's defaults)
+beside eo-learn's example classifier on the same training + validation rows, both scored on every
+labelled pixel of the held-out half (un-eroded reference, class borders included).
+
 Datasets (the test split is never seen by either contender):
 
 * "Slovenia 2017": the real patch as in benchmarks/slovenia_patch_training.py: 2017 NDVI
@@ -53,18 +59,31 @@ from sklearn import metrics as skm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # sibling benchmark scripts, as interpolation.py imports eolearn_env
-from slovenia_patch_training import PATCH, patch_grid  # noqa: E402
+from slovenia_patch_training import PATCH, merge_seed, patch_grid, patch_tiles, write_patch_inputs  # noqa: E402
 
-from lcms.config import DateGridConfig, FeaturesConfig  # noqa: E402
+from lcms.config import (  # noqa: E402
+    DateGridConfig,
+    FeaturesConfig,
+    MergeConfig,
+    ReferenceConfig,
+    SamplingConfig,
+    TrainingConfig,
+)
 from lcms.geometry import PixelGrid  # noqa: E402
 from lcms.legend import LULC_LEGEND  # noqa: E402
 from lcms.sentinel2 import L1C_BANDS  # noqa: E402
+from lcms.store import TileStore  # noqa: E402
 from tasks.download.synthetic import SyntheticScene  # noqa: E402
 from tasks.features.indices import feature_stack  # noqa: E402
 from tasks.features.temporal import date_grid, interpolate  # noqa: E402
+from tasks.features.tile import unpack  # noqa: E402
+from tasks.merge.dataset import merge_samples  # noqa: E402
 from tasks.reference.polygons import erode_labels, load_reference, rasterize_reference  # noqa: E402
 from tasks.sampling.samples import gather_samples, sample_pixels, split_by_blocks, split_halves  # noqa: E402
+from tasks.sampling.tile import sampling_tile  # noqa: E402
+from tasks.training.holdout import held_out_pixels  # noqa: E402
 from tasks.training.model import predict_labels, train_model  # noqa: E402
+from tasks.training.stage import fit_merged  # noqa: E402
 
 SYNTHETIC_FEATURES = ("NDVI", "NDWI", "B02", "B04", "B08", "B11")
 SYNTHETIC_ORIGIN = (500_000.0, 5_100_000.0)  # EPSG:32633, metres
@@ -235,6 +254,92 @@ def run_eolearn(s: Samples, threads: int, repeats: int) -> Result:
     return scores("eo-learn LGBMClassifier", model.booster_.current_iteration(), fit_s, predict_s, s.y_test, y_pred)
 
 
+# --------------------------------------------------------------------------- the real patch, both directions
+
+
+def real_patch(year: int, threads: int, repeats: int, store_dir: Path) -> list[str]:
+    """Both directions of the real patch through the stages; LCMS's training stage beside eo-learn's params.
+
+    As benchmarks/slovenia_patch_training.py: NDVI of `year` on the 16-day grid (int16 in the
+    store), the un-eroded reference eroded by ReferenceConfig's default for sampling, every
+    eligible pixel sampled, one half trains (10 % of all samples held back for early stopping),
+    the other half tests. LCMS: `fit_merged` with TrainingConfig's defaults (what the training
+    stage runs, block by block from the store); eo-learn: its example classifier on the same
+    training + validation rows. Both are scored on every labelled pixel of the held-out half
+    (`held_out_pixels`: the un-eroded reference, class borders included).
+    """
+    import shutil
+
+    shutil.rmtree(store_dir, ignore_errors=True)
+    store = TileStore(str(store_dir))
+    features = FeaturesConfig(bands=[], indices=["NDVI"])
+    reference = ReferenceConfig(path=str(PATCH / "vector_timeless" / "LULC.gpkg"), class_column="LULC_ID")
+    write_patch_inputs(store, year, features, reference)
+    tiles = patch_tiles()
+    for tile, _ in tiles.values():
+        sampling_tile(store, tile, year, SamplingConfig(fraction=1.0))
+    tile_ids = [tiles[h][0].tile_id for h in ("west", "east")]
+    widths = {t.tile_id: t.grid.width for t, _ in tiles.values()}
+    cfg = TrainingConfig(num_threads=threads)
+    lines = [
+        f"Slovenia {year}, real patch, both directions: scored on every labelled pixel of the held-out half "
+        f"(un-eroded reference); LCMS = training stage defaults {cfg.lightgbm_params | {'rounds': cfg.num_boost_round}}"
+        f", early stopping {cfg.early_stopping_rounds}",
+        f"  {'direction':<22}{'contender':<24}{'rounds':>8}{'fit s':>9}{'OA':>8}{'kappa':>8}{'macro F1':>10}",
+    ]
+    for train_half, test_half in (("west", "east"), ("east", "west")):
+        merge = MergeConfig(split="tile", test_fraction=0.5, validation_fraction=0.1, seed=merge_seed(test_half, 0))
+        merge_samples(store, tile_ids, [year], widths, merge, 100)
+        merged = store.open_product("merge", "land-cover")
+        fitted, lcms_s = timed(lambda: fit_merged(merged, cfg), repeats)  # noqa: B023
+        booster = fitted.booster
+        classes = booster.lcms_classes
+        held = held_out_pixels(store, merged, classes)
+        X_held = unpack(held.X)
+        metadata = {
+            "feature_names": booster.feature_name(),
+            "classes": classes,
+            "num_iteration": booster.best_iteration,
+        }
+        lcms = scores(
+            "LCMS training stage",
+            booster.best_iteration,
+            lcms_s,
+            0.0,
+            held.y,
+            predict_labels(booster, metadata, X_held),
+        )
+
+        X = unpack(merged.read("features"))
+        y, split = merged.read("label").astype(np.int64), merged.read("split")
+        learn = np.isin(split, [0, 1]) & np.isin(y, classes)
+
+        def fit_eo() -> lgb.LGBMClassifier:
+            model = lgb.LGBMClassifier(
+                objective="multiclass",
+                num_class=len(classes),  # noqa: B023
+                metric="multi_logloss",
+                random_state=0,
+                n_jobs=threads,
+                verbose=-1,
+            )
+            return model.fit(X[learn], y[learn])  # noqa: B023
+
+        model, eo_s = timed(fit_eo, repeats)
+        eo = scores(
+            "eo-learn LGBMClassifier", model.booster_.current_iteration(), eo_s, 0.0, held.y, model.predict(X_held)
+        )
+        direction = f"train {train_half} → {test_half}"
+        for r in (lcms, eo):
+            figures = f"{r.rounds:>8}{r.fit_s:9.3f}{r.oa:8.4f}{r.kappa:8.4f}{r.macro_f1:10.4f}"
+            lines.append(f"  {direction:<22}{r.contender:<24}{figures}")
+        lines.append(
+            f"  {'':<22}{held.n_scored} pixels; LCMS / eo-learn fit time {lcms.fit_s / eo.fit_s:.2f}×, "
+            f"OA {lcms.oa - eo.oa:+.4f}, macro F1 {lcms.macro_f1 - eo.macro_f1:+.4f}"
+        )
+    return lines
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -264,6 +369,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads for both contenders")
     parser.add_argument("--repeats", type=int, help="timed runs per fit / predict (default 3, 1 with --quick)")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--store", type=Path, default=Path("/tmp/lcms-training-benchmark-store"))
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     size, n_samples = (200, 15_000) if args.quick else (500, 100_000)
@@ -276,6 +382,10 @@ def main() -> None:
         datasets.append(synthetic(size, n_samples))
 
     t0 = time.perf_counter()
+    print("training on the real patch, both directions ...", flush=True)
+    print()
+    print("\n".join(real_patch(2017, args.threads, repeats, args.store)))
+    print(flush=True)
     for s in datasets:
         print(f"training on {s.name} ...", flush=True)
         results = [run_lcms(s, args.threads, repeats), run_eolearn(s, args.threads, repeats)]

@@ -248,6 +248,14 @@ StagesOpt = Annotated[
 ]
 FromOpt = Annotated[str | None, typer.Option("--from", help="The chain from this stage on (e.g. prediction).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (`lcms plan`), run nothing.")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler-address",
+        envvar="LCMS_SCHEDULER_ADDRESS",
+        help="A running Dask scheduler (tcp://HOST:8786) to send the tiles to, instead of the config's cluster.",
+    ),
+]
 
 
 def _plan(cfg, selection, chain_names: list[str] | None, start: str | None, overwrite: bool, stage_name: str):
@@ -321,6 +329,7 @@ def _run_flow(
     stages: str | None = None,
     start: str | None = None,
     dry_run: bool = False,
+    scheduler_address: str | None = None,
 ) -> None:
     import time
 
@@ -329,6 +338,8 @@ def _run_flow(
 
     began = time.perf_counter()
     cfg = _load(config)
+    if scheduler_address:
+        cfg = _with_scheduler(cfg, scheduler_address)
     selection = _subset(tiles, bbox, subset)
     chain_names = [n.strip() for n in stages.split(",") if n.strip()] if stages else None
     store, selected, plan = _plan(cfg, selection, chain_names, start, overwrite, stage_name)
@@ -377,6 +388,20 @@ def _run_flow(
     _print_outputs(cfg, config)
 
 
+def _with_scheduler(cfg, address: str):
+    """The config with its cluster replaced by the running scheduler at `address`."""
+    from pydantic import ValidationError
+
+    from lcms.config import SchedulerClusterConfig
+
+    try:
+        cluster = SchedulerClusterConfig(kind="scheduler", scheduler_address=address)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise _fail(f"--scheduler-address {address!r} {problem}", code=2) from None
+    return cfg.model_copy(update={"cluster": cluster})
+
+
 def _print_outputs(cfg, config: Path | str) -> None:
     outputs = _outputs_to_open(cfg)
     if outputs:
@@ -397,8 +422,9 @@ def _register_stage_command(name: str, help_text: str) -> None:
         subset: SubsetOpt = None,
         overwrite: OverwriteOpt = False,
         dry_run: DryRunOpt = False,
+        scheduler_address: SchedulerOpt = None,
     ) -> None:
-        _run_flow(name, config, tiles, bbox, subset, overwrite, dry_run=dry_run)
+        _run_flow(name, config, tiles, bbox, subset, overwrite, dry_run=dry_run, scheduler_address=scheduler_address)
 
     app.command(name=name, help=help_text)(command)
 
@@ -415,10 +441,11 @@ def _register_chain_command(name: str, help_text: str, plan_only: bool) -> None:
         stages: StagesOpt = None,
         start: FromOpt = None,
         dry_run: DryRunOpt = False,
+        scheduler_address: SchedulerOpt = None,
     ) -> None:
         if stages and start:
             raise _fail("give --stages or --from, not both", code=2)
-        _run_flow("run", config, tiles, bbox, subset, overwrite, stages, start, dry_run or plan_only)
+        _run_flow("run", config, tiles, bbox, subset, overwrite, stages, start, dry_run or plan_only, scheduler_address)
 
     app.command(name=name, help=help_text)(command)
 
@@ -869,6 +896,8 @@ from lcms.serve.cli import register as _register_serve  # noqa: E402 - serve, us
 
 _register_serve(app)
 __import__("lcms.accuracy_cli").accuracy_cli.register(app)  # sample-design, accuracy (issue 20 §2)
+__import__("lcms.active_cli").active_cli.register(app)  # label-next (issue 20 §3)
+__import__("lcms.estimate_cli").estimate_cli.register(app)  # estimate (issue 23 §3)
 
 
 def main() -> None:

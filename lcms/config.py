@@ -227,7 +227,28 @@ class EC2ClusterConfig(StrictModel):
         return self
 
 
-ClusterConfig = Annotated[LocalClusterConfig | EC2ClusterConfig, Field(discriminator="kind")]
+class SchedulerClusterConfig(StrictModel):
+    """A Dask scheduler that is already running, with its workers (`dask scheduler` and `dask worker`
+    processes on other machines): the flow only connects to it, and starts and stops nothing."""
+
+    kind: Literal["scheduler"]
+    scheduler_address: str = Field(
+        ..., description="The scheduler's address, e.g. tcp://10.0.1.5:8786 (`lcms ... --scheduler-address` too)."
+    )
+    n_workers: int = Field(1, ge=1, description="How many workers it has: only `lcms estimate` uses it.")
+    threads_per_worker: int = Field(1, ge=1, description="Threads of each worker: only `lcms estimate` uses it.")
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address_with_port(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not host or not port.isdigit():
+            raise ValueError("must be PROTOCOL://HOST:PORT, e.g. tcp://10.0.1.5:8786 (what `dask scheduler` prints)")
+        return value
+
+
+ClusterConfig = Annotated[LocalClusterConfig | EC2ClusterConfig | SchedulerClusterConfig, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- stages
@@ -415,6 +436,11 @@ class DownloadConfig(StrictModel):
 
 
 FEATURE_INDICES = ("NDVI", "NDWI", "NDBI", "TC_BRIGHTNESS", "TC_GREENNESS", "TC_WETNESS")
+# tasks/features/phenology.py's statistics, in its order.
+PHENOLOGY_STATS = (
+    *("min", "max", "mean", "std", "p10", "p25", "p50", "p75", "p90", "amplitude"),
+    *("peak_date", "start_date", "end_date", "season_length", "season_integral", "max_rise", "max_fall"),
+)
 
 
 class DateGridConfig(StrictModel):
@@ -451,6 +477,16 @@ class FeaturesConfig(StrictModel):
         default_factory=lambda: [3, 5], description="Neighbourhood window sides in pixels (odd, >= 3)."
     )
     context_stats: list[Literal["mean", "std"]] = Field(default_factory=lambda: ["mean", "std"])
+    phenology_features: list[str] = Field(
+        default_factory=list,
+        description="Bands or indices whose yearly statistics (percentiles, amplitude, peak date, season start, "
+        "end and integral, steepest rise and fall; tasks/features/phenology.py) are added as features "
+        "{feature}_{stat}, the same at every date (e.g. ['NDVI']); empty: none.",
+    )
+    phenology_stats: list[Literal[PHENOLOGY_STATS]] = Field(
+        default_factory=lambda: list(PHENOLOGY_STATS),
+        description="The statistics of phenology_features (all of tasks/features/phenology.py's by default).",
+    )
     dem_path: str | None = Field(
         None,
         description="Optional DEM raster (GeoTIFF; local, s3:// or https://; any CRS): adds ELEVATION_10KM "
@@ -474,6 +510,15 @@ class FeaturesConfig(StrictModel):
             raise ValueError(f"features.context_sizes must be distinct odd sides >= 3, got {self.context_sizes}")
         if self.context_features and (not self.context_sizes or not self.context_stats):
             raise ValueError("features.context_features needs context_sizes and context_stats")
+        unknown = [f for f in self.phenology_features if f not in self.feature_names]
+        if unknown or len(set(self.phenology_features)) != len(self.phenology_features):
+            raise ValueError(
+                f"features.phenology_features must be distinct bands or indices of the run ({self.feature_names})"
+            )
+        if self.phenology_features and (
+            not self.phenology_stats or len(set(self.phenology_stats)) != len(self.phenology_stats)
+        ):
+            raise ValueError("features.phenology_features needs distinct phenology_stats")
         return self
 
     @property
@@ -482,15 +527,16 @@ class FeaturesConfig(StrictModel):
 
     @property
     def stored_feature_names(self) -> list[str]:
-        """The features stage's output features: bands, indices, then the spatial context features."""
+        """The features stage's output features: bands, indices, spatial context, phenology, then terrain."""
         context = [
             f"{n}_{stat}{size}"
             for n in self.context_features
             for size in self.context_sizes
             for stat in self.context_stats
         ]
+        phenology = [f"{n}_{stat}" for n in self.phenology_features for stat in self.phenology_stats]
         terrain = ["ELEVATION_10KM", "SLOPE"] if self.dem_path else []  # tasks/features/terrain.py
-        return [*self.feature_names, *context, *terrain]
+        return [*self.feature_names, *context, *phenology, *terrain]
 
 
 class LegendEntryConfig(StrictModel):
@@ -530,6 +576,12 @@ class ReferenceConfig(StrictModel):
         description="Also take operators' reviewed changes from `lcms serve`'s database (tasks/reference/reviews.py): "
         "a confirmed change labels its year_to with its class after, a corrected one with the corrected class "
         "(and outline), a rejected one with its class before. Reviews win over the base reference.",
+    )
+    active_labels: bool = Field(
+        False,
+        description='Also take the labelled units of active learning\'s "label next" queues of the product and '
+        "year (`lcms label-next`; tasks/reference/labels.py): each unit is burnt with its operator's class over "
+        "the base reference and the reviews, the latest label of a place winning.",
     )
     reviews_database: ReviewsDatabaseConfig | None = Field(
         None,
@@ -658,6 +710,13 @@ class TrainingConfig(StrictModel):
         description="Validation also scores every labelled pixel (un-eroded reference) of the held-out area; "
         "above this many, a seeded random subset of them. None: all.",
     )
+    max_memory_gib: float = Field(
+        2.0,
+        gt=0,
+        description="Bound on LightGBM's training data (binned features, scores, gradients) in GiB: features are "
+        "read block by block from the merged dataset; with more training + validation rows than fit, a "
+        "class-stratified random subset that fits is used (metrics.json: samples_used).",
+    )
     seed: int = 0
 
     @field_validator("extra_params")
@@ -689,6 +748,13 @@ class PredictionConfig(StrictModel):
     )
     block_size: int = Field(256, ge=256, multiple_of=256, description="Pixels per block side; bounds memory.")
     num_threads: int = Field(1, ge=0, description="LightGBM threads per tile task (tiles already run in parallel).")
+    compile: Literal["auto", "lleaves", "treelite", "off"] = Field(
+        "auto",
+        description="Compile the model's trees to machine code, cached per model and machine (same labels, "
+        "several times faster): auto = lleaves for tiles of at least 500 × 500 px (compiling takes ~25 s per "
+        "model and machine, which small tiles do not win back), else LightGBM; off = LightGBM itself, also the "
+        "fallback when compiling fails.",
+    )
 
 
 class MajorityStepConfig(StrictModel):
@@ -1085,7 +1151,7 @@ def params_hash(*parts: BaseModel | dict | list | str | int | float | None) -> s
 
 # Union members appear in pydantic's error paths by their tag; users never write those.
 _STEP_KINDS = {"majority", "sieve", "superpixels", "erosion"}
-_UNION_TAGS = {"source": {"synthetic", "sentinelhub", "files"}, "cluster": {"local", "ec2"}}
+_UNION_TAGS = {"source": {"synthetic", "sentinelhub", "files"}, "cluster": {"local", "ec2", "scheduler"}}
 
 
 def _user_path(loc: tuple) -> list[str]:

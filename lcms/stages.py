@@ -345,7 +345,7 @@ def _feature_matrix(description: str) -> ArraySpec:
 
 def _reference_settings(config: RunConfig):
     # With reference.reviews, the stage also needs where `lcms serve` keeps the reviews (tasks/reference/reviews.py).
-    if not config.reference.reviews:
+    if not (config.reference.reviews or config.reference.active_labels):  # active labels: the same database
         return config.reference
     from lcms.config import ReviewsDatabaseConfig
 
@@ -771,3 +771,17 @@ for _name, _title in (
             product_of=lambda config: None,
         )
     )
+
+# Active learning's "label next" queues (issue 20 §3; tasks/active/queue.py): one per queue, named by its design id,
+# made on demand by `lcms label-next`; the reference stage reads their labelled units (reference.active_labels).
+register(
+    Stage(
+        "label-next",
+        "Units to label next, picked by active learning from a year's probabilities (lcms label-next).",
+        Keying.AOI_YEAR_PAIR,
+        reads=("prediction",),
+        files=True,
+        has_flow=False,
+        product_of=lambda config: None,
+    )
+)

@@ -1,54 +1,70 @@
-"""The cluster config reaches dask-cloudprovider's EC2Cluster as its own arguments (no AWS is reachable here)."""
+"""lcms/cluster.py: a running scheduler named by the config (`cluster.kind: scheduler`) or by
+`--scheduler-address` is joined, not started or stopped; a wrong or silent address is one clear error.
+
+The EC2 cluster is checked against dask-cloudprovider's real EC2Cluster and the infra/ stack in
+tests/test_ec2_cluster.py; Dask CLI processes run stages in tests/test_dask_cli_cluster.py.
+"""
 
 from __future__ import annotations
 
-import dask_cloudprovider.aws as aws
+import socket
+from pathlib import Path
 
-from lcms.cluster import dask_cluster
-from lcms.config import parse_config
+import pytest
+from typer.testing import CliRunner
+
+from lcms import cluster as cluster_module
+from lcms.cli import app
+from lcms.cluster import RunningScheduler, SchedulerUnreachable, dask_cluster
+from lcms.config import ConfigError, SchedulerClusterConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_ec2_settings_are_passed_to_ec2cluster(monkeypatch, tmp_path):
-    seen = {}
+def _config(cluster: dict):
+    return parse_config({"name": "x", "aoi": {"bbox": [14, 46, 14.1, 46.1]}, "years": [2023], "cluster": cluster})
 
-    class RecordingEC2Cluster:
-        """Records what EC2Cluster would be started with; it cannot launch instances from this machine."""
 
-        scheduler_address = "tls://10.0.0.5:8786"
+def test_a_running_scheduler_is_joined_and_left_running(tmp_path):
+    from distributed import Client, LocalCluster
 
-        def __init__(self, **kwargs):
-            seen.update(kwargs)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=":0"
+    ) as running:
+        cfg = _config({"kind": "scheduler", "scheduler_address": running.scheduler_address})
+        with dask_cluster(cfg.cluster, tmp_path) as joined:
+            assert isinstance(joined, RunningScheduler)
+            assert joined.scheduler_address == running.scheduler_address and joined.workers == 2
+        # Leaving the block closed nothing: the scheduler still computes.
+        with Client(running.scheduler_address, set_as_default=False) as client:
+            assert client.submit(sum, [1, 2, 3]).result() == 6
 
-        def adapt(self, minimum, maximum):
-            seen["adapt"] = (minimum, maximum)
 
-        def close(self):
-            seen["closed"] = True
+def test_a_silent_address_is_one_clear_error(monkeypatch, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once the socket is closed
+    monkeypatch.setattr(cluster_module, "SCHEDULER_CONNECT_SECONDS", 1)
+    cfg = SchedulerClusterConfig(kind="scheduler", scheduler_address=f"tcp://127.0.0.1:{port}")
+    with pytest.raises(SchedulerUnreachable) as caught, dask_cluster(cfg, tmp_path):
+        pass
+    message = str(caught.value)
+    assert f"tcp://127.0.0.1:{port}" in message and "dask scheduler" in message and "\n" not in message
+    assert isinstance(caught.value, ConfigError)  # the CLI prints it as one line, no traceback
 
-    monkeypatch.setattr(aws, "EC2Cluster", RecordingEC2Cluster)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
-    cfg = parse_config(
-        {
-            "name": "x",
-            "aoi": {"bbox": [14, 46, 14.1, 46.1]},
-            "years": [2023],
-            "cluster": {
-                "kind": "ec2",
-                "security_groups": ["sg-scheduler", "sg-workers"],
-                "subnet_id": "subnet-1",
-                "vpc": "vpc-1",
-                "iam_instance_profile": "lcms-dask",
-                "adaptive_min": 1,
-                "adaptive_max": 8,
-                "docker_image": "registry.example/lcms:0.1.0",
-            },
-        }
-    )
-    with dask_cluster(cfg.cluster, tmp_path) as cluster:
-        assert cluster.scheduler_address.endswith(":8786")
-    assert seen["security_groups"] == ["sg-scheduler", "sg-workers"]
-    assert seen["vpc"] == "vpc-1" and seen["subnet_id"] == "subnet-1" and seen["use_private_ip"] is True
-    assert seen["iam_instance_profile"] == {"Name": "lcms-dask"}
-    assert seen["docker_image"] == "registry.example/lcms:0.1.0"
-    assert seen["env_vars"]["AWS_DEFAULT_REGION"] == "eu-central-1"  # workers reach the same region
-    assert seen["adapt"] == (1, 8) and seen["closed"]
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8786", "tcp://10.0.1.5", "http://10.0.1.5:8786", "tcp://:8786"])
+def test_a_malformed_address_names_the_field(address):
+    with pytest.raises(ConfigError, match=r"cluster\.scheduler_address: .*PROTOCOL://HOST:PORT"):
+        _config({"kind": "scheduler", "scheduler_address": address})
+
+
+def test_the_cli_option_rejects_a_malformed_address_before_any_work(tmp_path):
+    config = REPO / "examples" / "demo.yaml"
+    result = CliRunner().invoke(app, ["download", str(config), "--scheduler-address", "10.0.1.5:8786"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--scheduler-address '10.0.1.5:8786'" in lines[0] and "PROTOCOL://HOST:PORT" in lines[0]
+    # The same through the environment (LCMS_SCHEDULER_ADDRESS), as a worker-side script would set it.
+    result = CliRunner().invoke(app, ["download", str(config)], env={"LCMS_SCHEDULER_ADDRESS": "nonsense"})
+    assert result.exit_code == 2 and "--scheduler-address 'nonsense'" in result.output

@@ -233,3 +233,16 @@ def test_bad_arrays_are_rejected():
         feature_stack(np.zeros((1, 2, 2, 12), np.uint16), L1C_BANDS, ["NDVI"])
     with pytest.raises(TypeError, match="integer DN"):
         feature_stack(np.zeros((1, 2, 2, 13), np.float32), L1C_BANDS, ["NDVI"])
+
+
+def test_signed_and_strided_inputs_give_the_same_features():
+    # uint16 DN take the unmasked division (by max(a + b, 1)); other integer dtypes the masked one.
+    dn = random_dn(shape=(4, 13, 17), seed=3)
+    features = ["NDVI", "NDWI", "NDBI", "B02", "TC_GREENNESS"]
+    expected = strict_stack(dn, L1C_BANDS, features)
+    np.testing.assert_array_equal(strict_stack(dn.astype(np.int32), L1C_BANDS, features), expected)
+    wide = np.zeros((4, 13, 34, len(L1C_BANDS)), np.uint16)
+    wide[:, :, ::2] = dn  # a strided view in
+    np.testing.assert_array_equal(strict_stack(wide[:, :, ::2], L1C_BANDS, features), expected)
+    ndvi = expected[..., 0]
+    assert np.all(ndvi[0, :3] == 0) and np.all(np.abs(ndvi) <= 1)  # no data: 0; ratios within [-1, 1]

@@ -67,6 +67,7 @@ EXPECTED_ROLES: dict[tuple[str, str], str] = {
     # accuracy sample queues (lcms/serve/samples.py)
     ("GET", "/samples"): "viewer",
     ("GET", "/samples/{design_id}/queue"): "viewer",
+    ("GET", "/samples/{design_id}/next"): "viewer",
     ("POST", "/samples/{design_id}/points/{sample_id}/labels"): "operator",
 }
 

@@ -95,7 +95,30 @@ def test_layout_dtypes_chunks_and_compression(store):
         assert array.fill_value == spec.fill_value
         codec = array.metadata.codecs[-1].to_dict()
         assert codec["name"] == "blosc" and codec["configuration"]["cname"] == "zstd"
+        # bit shuffle for multi-byte values (DNs, coverage), none for one-byte masks and probabilities
+        shuffle = "noshuffle" if np.dtype(spec.dtype).itemsize == 1 else "bitshuffle"
+        assert codec["configuration"]["shuffle"] == shuffle, spec.name
     assert group["bands"].chunks == (4, 256, 256, 1)
+
+
+def test_stores_written_with_byte_shuffle_stay_readable(tmp_path, monkeypatch):
+    """A store written by the previous codec (byte shuffle, zstd level 3) reads back the same."""
+    from zarr.codecs import BloscCodec
+
+    import lcms.store
+
+    store = TileStore(str(tmp_path / "store"))
+    monkeypatch.setattr(lcms.store, "_compressor", lambda dtype: BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"))
+    bands, data_mask = write_tile(store)
+    monkeypatch.undo()
+    reader = store.open_tile("download", 2023, "T1")
+    assert reader.group["bands"].metadata.codecs[-1].to_dict()["configuration"]["shuffle"] == "shuffle"
+    np.testing.assert_array_equal(reader.read("bands"), bands)
+    np.testing.assert_array_equal(reader.read("data_mask"), data_mask)
+    write_tile(store, tile_id="T2")  # new writes beside it use bit shuffle
+    new = store.open_tile("download", 2023, "T2").group["bands"]
+    assert new.metadata.codecs[-1].to_dict()["configuration"]["shuffle"] == "bitshuffle"
+    np.testing.assert_array_equal(new[...], bands)
 
 
 def test_opens_georeferenced_in_xarray(store):

@@ -29,6 +29,7 @@ import numpy as np
 
 from lcms.config import CloudMaskConfig, DownloadConfig
 from lcms.geometry import PixelGrid
+from lcms.layout import SPATIAL_CHUNK
 from tasks.download import cloud_mask, shadow
 from tasks.download.errors import PermanentSourceError
 
@@ -112,6 +113,7 @@ def read_context(writer, source, grid: PixelGrid, region, halo: int, dates, outs
         data_mask = np.zeros(bands.shape[:3], bool)
         bands[:, into[0], into[1]] = stored_bands
         data_mask[:, into[0], into[1]] = stored_mask
+        del stored_bands, stored_mask  # copied: not held beside the context while the strips are read
         # The strips beyond the tile: above and below (full width), left and right (between them).
         strips = [
             (slice(r0, inside[0].start), slice(c0, c1)),
@@ -189,6 +191,7 @@ def fill_tile(writer, source, grid: PixelGrid, dates: np.ndarray, cfg: DownloadC
 
     # 1. bands (+ layers); the masks of the methods that come with the bands
     for region, block_grid in blocks:
+        bands = data_mask = extra = None  # the previous block goes before the next is read: one alive at a time
         if n_t:
             bands, data_mask, extra = read_block(source, block_grid, dates, layers)
         else:  # nothing to ask the source for: an empty, valid tile
@@ -212,10 +215,13 @@ def fill_tile(writer, source, grid: PixelGrid, dates: np.ndarray, cfg: DownloadC
         writer.write("cloud_prob", prob, region)
         writer.write("cloud_mask", cloudy, region)
 
-    # 2. s2cloudless, each block with its context
+    # 2. s2cloudless, each block with its context, by blocks of one store chunk: the context of a
+    #    512-px block (its 48-px halo included, 13 bands × 48 dates) is ~460 MiB, of a 256-px block
+    #    ~150 MiB (1000² px × 48 dates: peak 1440 → see benchmarks/README.md), for ~1.3× the pixels read.
     if method == "s2cloudless":
         halo = cloud_mask.halo_px(clouds, grid.resolution)
-        for region, _ in blocks:
+        for region, _ in grid.blocks(min(cfg.block_size, SPATIAL_CHUNK)):
+            bands = data_mask = prob = cloudy = None  # as above: one block with its context alive at a time
             bands, data_mask, origin, inner = read_context(
                 writer, source, grid, region, halo, dates, clouds.tile_edge_context and n_t > 0
             )
@@ -236,6 +242,7 @@ def fill_tile(writer, source, grid: PixelGrid, dates: np.ndarray, cfg: DownloadC
             needed = shadows.margin_needed(margin_grid)
             shadows.set_margin(pad, margin_grid, margin_clouds(source, margin_grid, dates, method, clouds, needed))
         shadows.finish()
+    bands = data_mask = prob = cloudy = None
     valid_pixels = np.zeros(n_t, dtype=np.int64)
     for region, _ in blocks:
         data_mask, cloudy = writer.read("data_mask", region), writer.read("cloud_mask", region)

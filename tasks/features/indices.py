@@ -65,8 +65,10 @@ INDEX_BANDS: dict[str, tuple[str, ...]] = {
     **{name: TC_BANDS for name in TC_COEFFICIENTS},
 }
 
-# Pixels per chunk of dates: bounds the float32 temporaries to a few tens of MB per band.
-_CHUNK_PIXELS = 1 << 22
+# Pixels (of the flattened t·y·x block) per chunk: each band used and each feature of a chunk is a
+# contiguous float32 row of 128 KiB, so a chunk's work stays in cache, and the strided (pixel, feature)
+# output is written once per chunk by one transposing copy.
+_CHUNK_PIXELS = 1 << 15
 
 
 def check_features(band_names: Sequence[str], features: Sequence[str]) -> None:
@@ -101,7 +103,7 @@ def feature_stack(bands: np.ndarray, band_names: Sequence[str], features: Sequen
     """float32 (t, y, x, len(features)) features of uint16 DN `bands` (t, y, x, len(band_names)).
 
     Band features are reflectance (DN / 10000); index features as in the module docstring.
-    Only the bands that the features need are converted, a chunk of dates at a time.
+    Only the bands that the features need are converted, a chunk of pixels at a time.
     """
     check_features(band_names, features)
     if bands.ndim != 4 or bands.shape[-1] != len(band_names):
@@ -110,33 +112,42 @@ def feature_stack(bands: np.ndarray, band_names: Sequence[str], features: Sequen
         raise TypeError(f"bands must be integer DN (reflectance × {REFLECTANCE_SCALE}), got {bands.dtype}")
 
     position = {name: i for i, name in enumerate(band_names)}
-    n_t, n_y, n_x, _ = bands.shape
+    used = sorted({b for f in features for b in INDEX_BANDS.get(f, (f,))}, key=position.__getitem__)
+    n_t, n_y, n_x, n_b = bands.shape
     out = np.empty((n_t, n_y, n_x, len(features)), F32)
-    step = max(1, _CHUNK_PIXELS // max(1, n_y * n_x))
-    for t0 in range(0, n_t, step):
-        _features_of_chunk(bands[t0 : t0 + step], position, features, out[t0 : t0 + step])
-    return out
-
-
-def _features_of_chunk(bands: np.ndarray, position: dict[str, int], features: Sequence[str], out: np.ndarray) -> None:
-    dn: dict[str, np.ndarray] = {}  # float32 DN of each band used, converted once per chunk
-
-    def band(name: str) -> np.ndarray:
-        if name not in dn:
-            dn[name] = bands[..., position[name]].astype(F32)
-        return dn[name]
-
+    flat, flat_out = bands.reshape(-1, n_b), out.reshape(-1, len(features))
+    size = min(_CHUNK_PIXELS, len(flat)) or 1
+    dn = {name: np.empty(size, F32) for name in used}  # float32 DN of each band used, per chunk
+    rows = np.empty((len(features), size), F32)  # the chunk's features, one contiguous row each
+    scratch = np.empty(size, F32)
+    # DN are >= 0 in an unsigned dtype, so a + b == 0 only where both are 0, and there a - b == 0 too:
+    # dividing by max(a + b, 1) gives the ratio elsewhere and 0 there, with no mask.
+    unsigned = np.issubdtype(bands.dtype, np.unsignedinteger)
     scale = F32(REFLECTANCE_SCALE)
-    for k, feature in enumerate(features):
-        target = out[..., k]
-        if feature in position:
-            np.divide(band(feature), scale, out=target)
-        elif feature in _NORMALISED_DIFFERENCES:
-            a, b = (band(name) for name in _NORMALISED_DIFFERENCES[feature])
-            _normalised_difference(a, b, target)
-        else:
-            _linear_combination(TC_COEFFICIENTS[feature], [band(name) for name in TC_BANDS], target)
-            target /= scale  # coefficients apply to reflectance; the sum is linear in the scale
+    for start in range(0, len(flat), size):
+        stop = min(start + size, len(flat))
+        n = stop - start
+        chunk = {name: dn[name][:n] for name in used}
+        for name in used:
+            chunk[name][...] = flat[start:stop, position[name]]
+        for k, feature in enumerate(features):
+            target = rows[k, :n]
+            if feature in position:
+                np.divide(chunk[feature], scale, out=target)
+            elif feature in _NORMALISED_DIFFERENCES:
+                a, b = (chunk[name] for name in _NORMALISED_DIFFERENCES[feature])
+                if unsigned:
+                    total = np.add(a, b, out=scratch[:n])
+                    np.maximum(total, 1, out=total)
+                    np.subtract(a, b, out=target)
+                    np.divide(target, total, out=target)
+                else:
+                    _normalised_difference(a, b, target)
+            else:
+                _linear_combination(TC_COEFFICIENTS[feature], [chunk[name] for name in TC_BANDS], target)
+                target /= scale  # coefficients apply to reflectance; the sum is linear in the scale
+        flat_out[start:stop] = rows[:, :n].T
+    return out
 
 
 def _normalised_difference(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

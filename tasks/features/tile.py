@@ -29,6 +29,7 @@ from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
 from tasks.features.context import halo_px, spatial_context
 from tasks.features.indices import INDEX_BANDS, check_features, feature_stack
+from tasks.features.phenology import with_phenology
 from tasks.features.temporal import composite, date_grid, interpolate
 from tasks.features.terrain import read_dem, terrain_features
 
@@ -55,11 +56,15 @@ def pack(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 features → the stored dtype: int16 (× 10000, rounded, clipped; NaN → fill) or float32."""
     if dtype == "float32":
         return values.astype(np.float32, copy=False)
-    missing = np.isnan(values)
-    scaled = np.rint(values * np.float32(INT16_SCALE))
-    np.clip(scaled, -32767, 32767, out=scaled)
-    scaled[missing] = INT16_FILL
-    return scaled.astype(np.int16)
+    # Slab by slab along the first axis, so that the float temporaries are ~4 MiB, not the block's size.
+    packed = np.empty(values.shape, np.int16)
+    for part in _slabs(values.shape):
+        scaled = np.multiply(values[part], np.float32(INT16_SCALE), dtype=np.float32)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, -32767, 32767, out=scaled)
+        scaled[np.isnan(scaled)] = INT16_FILL
+        packed[part] = scaled
+    return packed
 
 
 def unpack(stored: np.ndarray) -> np.ndarray:
@@ -68,9 +73,19 @@ def unpack(stored: np.ndarray) -> np.ndarray:
         return stored
     if stored.dtype != np.int16:
         raise ValueError(f"features are stored as int16 or float32, got {stored.dtype}")
-    values = stored.astype(np.float32) / np.float32(INT16_SCALE)
-    values[stored == INT16_FILL] = np.nan
+    values = stored.astype(np.float32)
+    np.divide(values, np.float32(INT16_SCALE), out=values)  # in place: one float32 copy of a whole tile, not two
+    for part in _slabs(stored.shape):  # the fill mask slab by slab, not a tile-sized bool
+        values[part][stored[part] == INT16_FILL] = np.nan
     return values
+
+
+def _slabs(shape: tuple[int, ...], items: int = 2**20) -> list:
+    """Index expressions cutting an array of `shape` along its first axis into slabs of about `items` values."""
+    if not shape:
+        return [()]
+    step = max(1, items // max(1, int(np.prod(shape[1:]))))
+    return [slice(i, i + step) for i in range(0, shape[0], step)] or [slice(None)]
 
 
 def with_context(values: np.ndarray, cfg: FeaturesConfig) -> np.ndarray:
@@ -131,6 +146,7 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
                 ndvi = feature_stack(bands, needed, ["NDVI"])[..., 0] if method == "max_ndvi" else None
                 out, no_valid = composite(values, times, valid, targets, method, ndvi)
             out = with_context(out, cfg)[:, inner[0], inner[1]]
+            out = with_phenology(out, targets, cfg)
             if terrain is not None:
                 static = np.broadcast_to(terrain[region], (out.shape[0], *terrain[region].shape))
                 out = np.concatenate([out, static], axis=-1)

@@ -18,6 +18,7 @@ from lcms.config import ReferenceConfig, params_hash
 from lcms.grid import Tile
 from lcms.legend import LULC_LEGEND, LegendClass
 from lcms.store import DoneRecord, TileStore, s3_storage_options
+from tasks.reference import labels as active_labels
 from tasks.reference import reviews
 from tasks.reference.polygons import erode_labels, load_reference, rasterize_reference
 
@@ -55,6 +56,8 @@ def _version(cfg: ReferenceConfig, store: TileStore, year: int) -> dict:
     version = reference_version(cfg, store.storage_options)
     if cfg.reviews:
         version = {**version, "reviews": reviews.reviews_version(cfg, store, year)}
+    if cfg.active_labels:
+        version = {**version, "active_labels": active_labels.labels_version(cfg, store, year)}
     return version
 
 
@@ -99,6 +102,17 @@ def reference_tile(
             "version": version.get("reviews"),
             "changed_base_pixels": int(changed.sum()),
             "provenance": reviews.provenance(decided, index, changed),
+        }
+    if cfg.active_labels:  # labelled units of "label next" queues, over the base and the reviews
+        units, seen = active_labels.labelled_units(cfg, store, year)
+        version = {**version, "active_labels": seen}
+        index = reviews.rasterize_reviews(units, tile.grid)
+        labels, changed = reviews.overlay_reviews(labels, index, units["class_code"].to_numpy())
+        extra.setdefault("sources", {})[active_labels.SOURCE_ACTIVE] = int((index > 0).sum())
+        extra["active_labels"] = {
+            "version": seen,
+            "changed_pixels": int(changed.sum()),
+            "provenance": active_labels.provenance(units, index, changed),
         }
     eroded = erode_labels(labels, cfg.erosion_px) if cfg.erosion_px else labels.copy()
     tile_hash = reference_params_hash(cfg, tile, year, version)

@@ -31,7 +31,6 @@ import numpy as np
 from lcms.layout import SPLIT_CODES
 from lcms.legend import NO_DATA
 from lcms.store import TileStore
-from tasks.features.tile import unpack
 from tasks.reference.polygons import erode_labels
 from tasks.sampling.tile import read_sample_features
 
@@ -40,7 +39,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HeldOutPixels:
-    """Every labelled pixel of the held-out area: features (n, columns) float32, labels (n,), and counts."""
+    """Every labelled pixel of the held-out area: features (n, columns) as stored, labels (n,), and counts.
+
+    X keeps the features stage's dtype (int16 × 10000 with fill, or float32): half the memory of
+    float32; predict it through `StoredRows`, which decodes it block by block.
+    """
 
     X: np.ndarray
     y: np.ndarray
@@ -146,7 +149,7 @@ def held_out_pixels(
         start += len(pixels)
         if kept.any():
             features = store.open_tile("features", yr, tile_id)
-            Xs.append(unpack(read_sample_features(features, pixels[kept], width, n_columns)))
+            Xs.append(read_sample_features(features, pixels[kept], width, n_columns))
             ys.append(y[kept])
             inner.append(inside[kept])
     X, y, interior = np.concatenate(Xs), np.concatenate(ys), np.concatenate(inner)

@@ -32,7 +32,7 @@ from sklearn import metrics as skm
 
 from lcms.legend import lighten
 from tasks import plots
-from tasks.training.model import as_labels, as_matrix, codes_of, predict_proba
+from tasks.training.model import StoredRows, as_labels, as_matrix, codes_of, predict_proba
 
 METRICS_FILE = "metrics.json"
 
@@ -127,6 +127,15 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[int], names
     }
 
 
+def _rows_or_matrix(X: Any, features: list[str], what: str) -> Any:
+    """Stored rows (predicted block by block) as they are, anything else as a checked matrix."""
+    if isinstance(X, StoredRows):
+        if X.shape[1] != len(features):
+            raise ValueError(f"{what} has {X.shape[1]} columns but there are {len(features)} feature names")
+        return X
+    return as_matrix(X, features, what)
+
+
 def evaluate(
     booster: lgb.Booster,
     metadata: dict,
@@ -158,7 +167,7 @@ def evaluate(
     colors = [legend[c]["color"] for c in classes]
     features = list(metadata["feature_names"])
 
-    X_test = as_matrix(X_test, features, "X_test")
+    X_test = _rows_or_matrix(X_test, features, "X_test")
     y_test = as_labels(y_test, X_test.shape[0], "y_test")
     unknown = np.setdiff1d(np.unique(y_test), classes)
     if unknown.size:
@@ -202,7 +211,7 @@ def evaluate(
     }
 
     if all_labelled is not None:
-        X_all = as_matrix(all_labelled[0], features, "all_labelled X")
+        X_all = _rows_or_matrix(all_labelled[0], features, "all_labelled X")
         y_all = as_labels(all_labelled[1], X_all.shape[0], "all_labelled y")
         pred_all = codes_of(predict_proba(booster, metadata, X_all), classes).astype(np.int64)
         metrics["all_labelled"] = scores(y_all, pred_all, classes, names)

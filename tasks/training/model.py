@@ -13,6 +13,11 @@ tasks/training/metrics.py.
 - `predict` (codes and percent from one pass), `predict_labels` (legend codes, uint8) and
   `predict_proba_percent` (uint8 percent, (n, k)); `predict_proba` gives the exact probabilities.
 - `as_matrix` / `as_labels` check and convert feature matrices and label vectors.
+- `StoredRows`: rows of a stored feature matrix (the merged dataset's int16 `features`), read
+  block by block as float32: LightGBM builds its binned dataset from it (`lightgbm.Sequence`), and
+  `predict_proba` predicts it block by block, so no float32 copy of the whole matrix is ever made.
+- `training_row_cap` / `stratified_rows`: how many training rows fit a memory setting, and which
+  (a class-stratified, seeded random subset when there are more).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.utils.class_weight import compute_sample_weight
 
+from lcms.layout import SAMPLE_CHUNK
 from lcms.legend import NO_DATA, LegendClass
 from lcms.lineage import code_version
+from tasks.features.tile import unpack
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "feature_fraction": 0.9,
     "metric": "multi_logloss",
     "deterministic": True,
-    "force_row_wise": True,
+    # Column-wise histograms: row-wise ones keep a second, row-major copy of the binned features.
+    "force_col_wise": True,
     "verbosity": -1,
 }
+
+# What LightGBM holds per training row besides its binned features (one byte per column up to
+# 255 bins): the score (float64), gradient and hessian (float32) of every class, the label, the
+# weight and the row's index in bagging / partitions. Validation rows hold a score per class.
+BYTES_PER_ROW_AND_CLASS = 16
+BYTES_PER_ROW = 16
+# Rows drawn to find the bin edges (LightGBM's bin_construct_sample_cnt, its default), and what
+# finding them costs a while per sampled value: the float32 sample, LightGBM's double values and
+# row indices, and allocator slack.
+BIN_SAMPLE_ROWS = 200_000
+BIN_SAMPLE_BYTES_PER_VALUE = 24
 
 # Characters LightGBM refuses (JSON specials) or silently rewrites (whitespace) in feature names.
 _JSON_SPECIALS = '",:[]{}'
@@ -91,6 +110,115 @@ def as_matrix(X: Any, feature_names: Sequence[str], what: str) -> np.ndarray:
     return X
 
 
+class StoredRows(lgb.Sequence):
+    """Rows `rows` (increasing) of a stored (n, columns) feature matrix, as float32, block by block.
+
+    `features` is the merged dataset's zarr array (int16 × 10000 with fill, or float32; read chunk
+    by chunk, only the chunks that hold the rows) or a numpy array of the same. `train_model` finds
+    the bin edges on `sample`, then LightGBM reads ranges of `batch_size` rows; single rows work
+    too (one decoded block is cached), for LightGBM's own bin sampling. `has_value` collects the
+    columns with a finite value among the blocks read by range.
+    """
+
+    def __init__(self, features: Any, rows: np.ndarray | None = None, batch_size: int = SAMPLE_CHUNK):
+        if len(features.shape) != 2:
+            raise ValueError(f"stored features must be 2-D (samples × columns), got shape {features.shape}")
+        self.features = features
+        self.rows = np.arange(features.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        n_stored = features.shape[0]
+        if self.rows.size and (np.any(np.diff(self.rows) <= 0) or self.rows[0] < 0 or self.rows[-1] >= n_stored):
+            raise ValueError("StoredRows needs increasing row indices within the stored features")
+        self.batch_size = int(batch_size)
+        self.shape = (len(self.rows), int(features.shape[1]))
+        self.has_value = np.zeros(self.shape[1], dtype=bool)
+        self._cached: tuple[int, np.ndarray | None] = (-1, None)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of this selection as float32 (n, columns), NaN where missing."""
+        rows = self.rows[start:stop]
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), dtype=np.float32)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo == rows.size:  # a contiguous run: a plain slice
+            stored = self.features[lo:hi]
+        elif isinstance(self.features, np.ndarray):
+            stored = self.features[rows]
+        else:  # zarr: only the chunks holding these rows
+            stored = self.features.oindex[rows, :]
+        values = unpack(np.asarray(stored))
+        return values if values.dtype == np.float32 else values.astype(np.float32)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """All rows as float32 when there are at most `n`, else `n` of them drawn at random (seeded)."""
+        picked = (
+            self
+            if len(self) <= n
+            else StoredRows(
+                self.features,
+                np.sort(self.rows[np.random.default_rng(seed).choice(len(self), size=n, replace=False)]),
+                self.batch_size,
+            )
+        )
+        out = np.empty(picked.shape, dtype=np.float32)
+        for start, block in picked.blocks():
+            out[start : start + len(block)] = block
+        return out
+
+    def blocks(self):
+        """(start, float32 block) over all rows, `batch_size` rows at a time."""
+        for start in range(0, len(self), self.batch_size):
+            yield start, self.read(start, min(start + self.batch_size, len(self)))
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step != 1:
+                raise IndexError("StoredRows reads contiguous ranges only")
+            block = self.read(start, stop)
+            self.has_value |= np.isfinite(block).any(axis=0)
+            return block
+        i = int(idx) + (len(self) if int(idx) < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {idx} of {len(self)}")
+        first = i - i % self.batch_size
+        if self._cached[0] != first:
+            self._cached = (first, self.read(first, min(first + self.batch_size, len(self))))
+        return self._cached[1][i - first].astype(np.float64)  # LightGBM's bin sampling takes float64 rows
+
+
+def training_row_cap(max_memory_gib: float, n_columns: int, n_classes: int, bins_per_column: int = 255) -> int:
+    """Training + validation rows whose LightGBM data fit `max_memory_gib`.
+
+    Per row: the binned features (1 byte per column up to 255 bins, 2 up to 65535) and
+    BYTES_PER_ROW + BYTES_PER_ROW_AND_CLASS × classes of scores, gradients and bookkeeping.
+    """
+    bin_bytes = 1 if bins_per_column <= 255 else 2
+    per_row = n_columns * bin_bytes + BYTES_PER_ROW + BYTES_PER_ROW_AND_CLASS * n_classes
+    return max(1, int(max_memory_gib * 2**30 // per_row))
+
+
+def stratified_rows(rows: np.ndarray, y: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
+    """About `max_rows` of `rows` (increasing), class by class in proportion to their counts.
+
+    `y` holds the label of each of `rows`. With more rows than `max_rows`, every class keeps
+    floor(max_rows × its count / all rows) of them, at least one, drawn at random (seeded), so the
+    class shares, and with them the model's priors, stay those of the full set.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= max_rows:
+        return rows
+    rng = np.random.default_rng(seed)
+    kept = []
+    for code in np.unique(y):
+        of_class = rows[y == code]
+        n = max(1, len(of_class) * max_rows // len(rows))
+        kept.append(rng.choice(of_class, size=min(n, len(of_class)), replace=False))
+    return np.sort(np.concatenate(kept))
+
+
 def as_labels(y: Any, n_rows: int, what: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
@@ -105,6 +233,23 @@ def as_labels(y: Any, n_rows: int, what: str) -> np.ndarray:
         else:
             raise ValueError(f"{what} must hold integer legend codes, got dtype {y.dtype}")
     return y.astype(np.int64)
+
+
+def _rows_or_matrix(X: Any, names: list[str], what: str) -> Any:
+    """`StoredRows` as they are (checked), anything else through `as_matrix`."""
+    if not isinstance(X, StoredRows):
+        return as_matrix(X, names, what)
+    if X.shape[1] != len(names):
+        raise ValueError(f"{what} has {X.shape[1]} columns but there are {len(names)} feature names")
+    if len(X) == 0:
+        raise ValueError(f"{what} has no rows")
+    return X
+
+
+def _check_some_value(has_value: np.ndarray, names: list[str]) -> None:
+    nan_only = np.flatnonzero(~has_value)
+    if nan_only.size:
+        raise ValueError(f"feature columns with only NaN in the training set: {[names[i] for i in nan_only]}")
 
 
 def _classes_of(booster: lgb.Booster) -> list[int] | None:
@@ -134,10 +279,14 @@ def train_model(
     recorded as `booster.lcms_classes` (a plain Python attribute: LightGBM boosters hold no user
     metadata). `params` override `DEFAULT_PARAMS` (objective, num_class and seed are always set
     here). `class_weight="balanced"` weights the training samples by n / (k × class count).
+
+    The features may be arrays (float32 as given, other dtypes converted) or `StoredRows` (the
+    merged dataset's stored rows): LightGBM then bins them block by block, so memory holds the
+    binned dataset (one byte per value) and one block, never a float32 copy of all the rows.
     """
     names = _check_feature_names(feature_names)
-    X_train = as_matrix(X_train, names, "X_train")
-    X_val = as_matrix(X_val, names, "X_val")
+    X_train = _rows_or_matrix(X_train, names, "X_train")
+    X_val = _rows_or_matrix(X_val, names, "X_val")
     y_train = as_labels(y_train, X_train.shape[0], "y_train")
     y_val = as_labels(y_val, X_val.shape[0], "y_val")
     if class_weight not in (None, "balanced"):
@@ -145,9 +294,8 @@ def train_model(
     if num_boost_round < 1 or early_stopping_rounds < 1:
         raise ValueError("num_boost_round and early_stopping_rounds must be at least 1")
 
-    nan_only = np.flatnonzero(np.isnan(X_train).all(axis=0))
-    if nan_only.size:
-        raise ValueError(f"feature columns with only NaN in the training set: {[names[i] for i in nan_only]}")
+    if not isinstance(X_train, StoredRows):  # stored rows are checked as LightGBM reads them, below
+        _check_some_value(~np.isnan(X_train).all(axis=0), names)
     if NO_DATA in y_train or NO_DATA in y_val:
         raise ValueError(f"label {NO_DATA} (no data) in the training/validation labels: drop unlabelled samples")
     classes = np.unique(y_train)
@@ -165,8 +313,24 @@ def train_model(
     full_params.update(objective="multiclass", num_class=int(classes.size), seed=int(seed))
     weights = compute_sample_weight("balanced", y_train) if class_weight == "balanced" else None
 
-    train_set = lgb.Dataset(X_train, label=idx_train, weight=weights, feature_name=names, free_raw_data=True)
-    val_set = lgb.Dataset(X_val, label=idx_val, reference=train_set, free_raw_data=True)
+    if isinstance(X_train, StoredRows):
+        # Bin edges from a float32 sample (all rows up to bin_construct_sample_cnt, as LightGBM takes), then
+        # the rows pushed block by block into those bins: memory holds the binned rows and one block.
+        sample = X_train.sample(int(full_params.get("bin_construct_sample_cnt", BIN_SAMPLE_ROWS)), seed)
+        bins = lgb.Dataset(sample, feature_name=names, params=full_params, free_raw_data=True).construct()
+        del sample
+        train_set = lgb.Dataset(
+            X_train, label=idx_train, weight=weights, feature_name=names, reference=bins, params=full_params
+        ).construct()
+        _check_some_value(X_train.has_value, names)
+    else:
+        if isinstance(X_val, StoredRows):  # in-memory training rows: the validation rows fit in memory too
+            X_val = X_val.read(0, len(X_val))
+        train_set = lgb.Dataset(X_train, label=idx_train, weight=weights, feature_name=names, free_raw_data=True)
+        bins = train_set
+    # Validation rows streamed from the store take their bins from the unweighted `bins`: with a weighted
+    # reference, LightGBM 4.7 gives a streamed dataset zero weights, its loss is NaN and early stopping ends at 1.
+    val_set = lgb.Dataset(X_val, label=idx_val, reference=bins, free_raw_data=True)
     booster = lgb.train(
         full_params,
         train_set,
@@ -272,10 +436,20 @@ def load_model(folder: Path) -> tuple[lgb.Booster, dict]:
 
 
 def predict_proba(booster: lgb.Booster, metadata: dict, X: Any, num_threads: int = 0) -> np.ndarray:
-    """Class probabilities as float64, shape (n, k), columns in metadata["classes"] order."""
+    """Class probabilities as float64, shape (n, k), columns in metadata["classes"] order.
+
+    `X` may be `StoredRows`: then it is predicted block by block, never held whole as float32.
+    """
+    k = len(metadata["classes"])
+    if isinstance(X, StoredRows):
+        _rows_or_matrix(X, list(metadata["feature_names"]), "X")
+        proba = np.empty((len(X), k), dtype=np.float64)
+        for start, block in X.blocks():
+            proba[start : start + len(block)] = predict_proba(booster, metadata, block, num_threads)
+        return proba
     X = as_matrix(X, metadata["feature_names"], "X")
     proba = booster.predict(X, num_iteration=metadata.get("num_iteration") or None, num_threads=num_threads)
-    return np.asarray(proba, dtype=np.float64).reshape(X.shape[0], len(metadata["classes"]))
+    return np.asarray(proba, dtype=np.float64).reshape(X.shape[0], k)
 
 
 def predict_proba_percent(booster: lgb.Booster, metadata: dict, X: Any, num_threads: int = 0) -> np.ndarray:

@@ -9,6 +9,12 @@ classifier, and stores the result as one file product:
 The model is scored twice, side by side: on the merged dataset's test samples (drawn from the
 eroded reference) and on every labelled pixel of the held-out area (the un-eroded reference,
 tasks/training/holdout.py), which is what a map user meets, class borders included.
+
+Memory is bounded by `TrainingConfig.max_memory_gib`, not by the AOI: the merged dataset's int16
+features are read block by block (`StoredRows`) into LightGBM's binned dataset and predicted block
+by block; when the training + validation rows would need more than the setting, a class-stratified
+random subset of them that fits is used (`training_row_cap`, `stratified_rows`), and metrics.json
+says how many.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +33,17 @@ from lcms.config import TrainingConfig, params_hash
 from lcms.layout import SPLIT_CODES
 from lcms.legend import LegendClass
 from lcms.store import DoneRecord, TileStore
-from tasks.features.tile import unpack
 from tasks.training.holdout import held_out_pixels
 from tasks.training.metrics import evaluate, metrics_markdown
-from tasks.training.model import METADATA_FILE, load_model, save_model, train_model
+from tasks.training.model import (
+    METADATA_FILE,
+    StoredRows,
+    load_model,
+    save_model,
+    stratified_rows,
+    train_model,
+    training_row_cap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +72,47 @@ def _class_counts(y: np.ndarray) -> dict[int, int]:
     return {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
 
 
-def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[DoneRecord, dict]:
-    """Train, validate and store the model `name` from the merged dataset of the same name."""
-    merged = store.open_product(INPUT_STAGE, name)
-    X = unpack(merged.read("features"))
+def capped_rows(
+    y: np.ndarray, train: np.ndarray, val: np.ndarray, cfg: TrainingConfig, n_columns: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation rows to use: all of them, or a class-stratified subset of each
+    (in proportion to their sizes) when LightGBM's data would exceed `cfg.max_memory_gib`."""
+    train_rows, val_rows = np.flatnonzero(train), np.flatnonzero(val)
+    n = len(train_rows) + len(val_rows)
+    bins = int(cfg.lightgbm_params.get("max_bin", 255))
+    cap = training_row_cap(cfg.max_memory_gib, n_columns, n_classes, bins)
+    if n <= cap:
+        return train_rows, val_rows
+    train_cap = max(1, cap * len(train_rows) // n)
+    train_rows = stratified_rows(train_rows, y[train_rows], train_cap, cfg.seed)
+    val_rows = stratified_rows(val_rows, y[val_rows], max(1, cap - train_cap), cfg.seed + 1)
+    log.info(
+        "training.max_memory_gib %.2f fits %d of %d training + validation rows: a class-stratified subset is used",
+        cfg.max_memory_gib,
+        len(train_rows) + len(val_rows),
+        n,
+    )
+    return train_rows, val_rows
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """A model trained on a merged dataset, with the rows it used (indices into the dataset)."""
+
+    booster: Any
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    test_rows: np.ndarray  # test samples of classes the model learnt
+    dropped: dict  # validation / test samples of classes absent from training, by class
+    seconds: float
+
+
+def fit_merged(merged, cfg: TrainingConfig, name: str = "") -> FittedModel:
+    """Check the merged dataset (the merge stage's reader) and train on it, block by block."""
+    features = merged.group["features"]  # int16 on disk, read block by block, never whole
     y = merged.read("label")
     split = merged.read("split")
     columns = [str(c) for c in merged.coord("column")]
-    legend = [LegendClass(c["code"], c["name"], c["color"]) for c in merged.attrs["legend"]]
     train, val, test = (split == SPLIT_CODES[k] for k in ("train", "validation", "test"))
 
     train_classes = np.unique(y[train])
@@ -95,12 +143,13 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
             f"{name!r} is empty; use more tiles or another merge.split"
         )
 
+    train_rows, val_rows = capped_rows(y, train, val, cfg, len(columns), train_classes.size)
     start = time.perf_counter()
     booster = train_model(
-        X[train],
-        y[train],
-        X[val],
-        y[val],
+        StoredRows(features, train_rows),
+        y[train_rows],
+        StoredRows(features, val_rows),
+        y[val_rows],
         columns,
         params=cfg.lightgbm_params,
         class_weight=None if cfg.class_weight == "none" else "balanced",
@@ -109,6 +158,19 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         seed=cfg.seed,
     )
     seconds = time.perf_counter() - start
+    return FittedModel(booster, train_rows, val_rows, np.flatnonzero(test_seen), dropped, seconds)
+
+
+def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[DoneRecord, dict]:
+    """Train, validate and store the model `name` from the merged dataset of the same name."""
+    merged = store.open_product(INPUT_STAGE, name)
+    features = merged.group["features"]
+    y = merged.read("label")
+    split = merged.read("split")
+    legend = [LegendClass(c["code"], c["name"], c["color"]) for c in merged.attrs["legend"]]
+    fitted = fit_merged(merged, cfg, name)
+    booster, train_rows, val_rows = fitted.booster, fitted.train_rows, fitted.val_rows
+    dropped, seconds = fitted.dropped, fitted.seconds
 
     lineage = {
         "store": store.url,
@@ -121,6 +183,7 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         "date_offsets_days": merged.attrs["date_offsets_days"],
         "tiles": merged.attrs["tile_ids"],
         "samples": {k: int((split == code).sum()) for k, code in SPLIT_CODES.items()},
+        "samples_used": {"train": len(train_rows), "validation": len(val_rows)},
         "dropped_unseen_classes": dropped,
         "training_config": cfg.model_dump(mode="json"),
     }
@@ -129,14 +192,14 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         save_model(booster, folder, legend, booster.lcms_classes, lineage)
         _, metadata = load_model(folder)  # evaluate the model exactly as it was saved
         held_out = held_out_pixels(store, merged, metadata["classes"], cfg.all_labelled_max_pixels, cfg.seed)
-        all_labelled = (held_out.X, held_out.y) if held_out.n_scored else None
+        all_labelled = (StoredRows(held_out.X), held_out.y) if held_out.n_scored else None
         metrics = evaluate(
             booster,
             metadata,
-            X[test_seen],
-            y[test_seen],
+            StoredRows(features, fitted.test_rows),
+            y[fitted.test_rows],
             folder,
-            y_train=y[train],
+            y_train=y[train_rows],
             all_labelled=all_labelled,
             interior=held_out.interior if all_labelled else None,
         )
@@ -161,6 +224,7 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
             training_seconds=round(seconds, 3),
             split_method=merged.attrs["split_method"],
             samples=lineage["samples"],
+            samples_used=lineage["samples_used"],
             dropped_unseen_classes=dropped,
         )
         summary = metrics_markdown(metrics) + (

@@ -66,6 +66,7 @@ export async function startPage(active) {
   const links = [
     ["viewer", "/", "Map viewer"],
     ["validate", "/validate.html", "Validation Tool"],
+    ["samples", "/samples.html", "Sample queues"],
   ];
   if (me.role === "admin") links.push(["users", "/users.html", "Users"]);
   nav.replaceChildren(

@@ -117,6 +117,20 @@ def samples_per_tile_year(cfg: RunConfig, tile_px: float) -> float:
     return float(cfg.sampling.fraction * tile_px)
 
 
+def _block_share(cfg: RunConfig, stage: str, tile_px: list) -> float:
+    """The share of a tile that a block-wise stage holds at once: its memory grows with the tile only up to one
+    block (download, features and prediction work block by block), so a peak measured on a small tile is scaled
+    to min(tile, block), not to the tile."""
+    block = {
+        "download": cfg.download.block_size,
+        "features": cfg.features.block_size,
+        "prediction": cfg.prediction.block_size,
+    }.get(stage)
+    if block is None or not tile_px or not all(tile_px):
+        return 1.0
+    return min(1.0, block * block / (tile_px[0] * tile_px[1]))
+
+
 def workload(cfg: RunConfig, grid: AreaGrid, with_model_stages: bool = False) -> dict[str, Any]:
     """Per stage, the units of work of the config's run (see the module docstring), and the counts behind them."""
     from lcms.stages import get_stage
@@ -369,11 +383,12 @@ def estimate(
             seconds += cold
             wall = seconds
         per_key = w["units"] / w["tile_keys"] if w["tile_keys"] else 0.0
+        memory_units = per_key * _block_share(cfg, name, work["tile_px"])
         row.update(
             core_seconds=seconds,
             wall_seconds=wall,
             stored_bytes=None if bytes_rate is None else bytes_rate * w["units"],
-            peak_bytes=None if peak_rate is None else peak_rate * per_key,
+            peak_bytes=None if peak_rate is None else peak_rate * memory_units,
         )
         if row["stored_bytes"] is not None:
             row["s3_usd_per_month"] = row["stored_bytes"] / 1e9 * s3_price

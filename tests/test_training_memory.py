@@ -83,7 +83,9 @@ def test_model_from_stored_rows_equals_the_old_way(tmp_path, class_weight):
     With class weights too: LightGBM 4.7 gave streamed validation rows binned on a weighted reference zero
     weights, so their loss was NaN and early stopping ended at the first round."""
     _, merged = _merged(tmp_path, 6_000, 30, 4)
-    cfg = TrainingConfig(num_threads=1, num_boost_round=40, early_stopping_rounds=5, class_weight=class_weight or "none")
+    cfg = TrainingConfig(
+        num_threads=1, num_boost_round=40, early_stopping_rounds=5, class_weight=class_weight or "none"
+    )
     fitted = fit_merged(merged, cfg)
     assert len(fitted.train_rows) + len(fitted.val_rows) + len(fitted.test_rows) == 6_000
 

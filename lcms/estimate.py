@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from lcms.stages import STAGES
+
 if TYPE_CHECKING:
     from lcms.config import RunConfig
     from lcms.grid import AreaGrid
@@ -52,19 +54,7 @@ MEGA = 1e6
 
 TILE_STAGES = ("download", "features", "reference", "sampling", "prediction", "postprocess", "change")
 AOI_STAGES = ("merge", "training", "export", "report")
-ORDER = (
-    "download",
-    "features",
-    "reference",
-    "sampling",
-    "merge",
-    "training",
-    "prediction",
-    "postprocess",
-    "export",
-    "change",
-    "report",
-)
+ORDER = tuple(name for name, stage in STAGES.items() if stage.has_flow)  # the chain's stages, in order
 UNITS = {
     "download": "Mpx·date",
     "features": "Mpx·date",

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lcms.cluster import worker_nanny_env
+
 DASK = str(Path(sys.executable).parent / "dask")
 _LIVE: set[int] = set()  # process groups started here and not yet ended: ended at exit
 
@@ -42,6 +44,8 @@ class CliCluster:
         args = [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", str(nthreads), "--no-dashboard"]
         args += ["--host", "127.0.0.1", "--name", f"worker-{index}", "--death-timeout", "60"]
         args += ["--local-directory", str(self.folder / f"worker-{index}")]
+        # what EC2Cluster passes its workers too (lcms/cluster.py: the worker processes' malloc settings)
+        env = {**env, **worker_nanny_env()}
         self.workers.append(_start(args, env, self.folder / f"worker-{index}.log"))
         return self.workers[-1]
 

@@ -2,8 +2,9 @@
 
     python benchmarks/slovenia_patch_training.py [--store /tmp/lcms-slovenia-store] [--year 2017]
         [--seeds 1] [--erosion-px 0] [--min-valid-coverage 0.8] [--context NDVI] [--context-sizes 3 5]
-        [--dem] [--phenology NDVI] [--class-weight balanced] [--feature-fraction 0.3]
+        [--dem] [--l1c-composite] [--phenology NDVI] [--class-weight balanced] [--feature-fraction 0.3]
     python benchmarks/slovenia_patch_training.py --config examples/slovenia-patch-best.yaml [--seeds 3]
+        [--l1c-composite]
     python benchmarks/slovenia_patch_training.py --compare [--seeds 3]   # the table of variants, CV choice, JSON
 
 The issue-5 experiment, redone in both directions (issue 22), through the store-backed stage tasks
@@ -13,8 +14,12 @@ The issue-5 experiment, redone in both directions (issue 22), through the store-
    not CLM, frames with valid coverage >= --min-valid-coverage, interpolated onto the 16-day grid
    of the year (tasks/features/temporal.py), plus the spatial context features of
    FeaturesConfig.context_* (tasks/features/context.py), the yearly statistics of
-   FeaturesConfig.phenology_* (tasks/features/phenology.py) and, with --dem, the patch's elevation and
-   slope (tasks/features/terrain.py, read from a GeoTIFF), computed on the whole patch and written
+   FeaturesConfig.phenology_* (tasks/features/phenology.py), with --dem, the patch's elevation and
+   slope (tasks/features/terrain.py, read from a GeoTIFF), and, with --l1c-composite, the per-pixel
+   median of the patch's three clear L1C scenes (l1c_scenes.npy 2, 3, 4: July to September 2015,
+   another year than the NDVI series; the patch has no 2017 bands) as 13 features L1C_1..L1C_13
+   (B01..B12 in l1c_scenes_timestamps.json's order, TOA reflectance) read from a 13-band GeoTIFF as
+   an auxiliary raster (tasks/features/auxiliary.py), computed on the whole patch and written
    to the store as the features stage writes them (int16), as two tiles: the west half
    (columns 0-49) and the east half (columns 50-99);
 2. reference stage: vector_timeless/LULC.gpkg rasterised onto each tile, eroded by --erosion-px;
@@ -58,6 +63,7 @@ from lcms.config import (
 from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import TileStore
+from tasks.features.auxiliary import auxiliary_features
 from tasks.features.phenology import with_phenology
 from tasks.features.temporal import date_grid, interpolate
 from tasks.features.terrain import read_dem, terrain_features
@@ -67,12 +73,13 @@ from tasks.reference.polygons import erode_labels, rasterize_reference
 from tasks.reference.tile import reference_polygons, reference_tile, reference_version
 from tasks.sampling.tile import sampling_tile
 from tasks.training.metrics import metrics_markdown
-from tasks.training.model import train_model
+from tasks.training.model import train_with_config
 from tasks.training.stage import training_stage
 
 PATCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "slovenia-testpatch" / "eopatch"
 TILE_ID = "33N_patch"
 HALVES = ("west", "east")
+L1C_CLEAR_SCENES = (2, 3, 4)  # l1c_scenes.npy: 0 and 1 are fully cloudy (data README)
 
 
 def patch_grid() -> PixelGrid:
@@ -122,6 +129,37 @@ def write_patch_dem(path: Path) -> str:
     return str(path)
 
 
+def write_patch_l1c_composite(path: Path) -> str:
+    """The per-pixel median of the patch's clear L1C scenes (2015) as a 13-band GeoTIFF on the patch grid (band
+    descriptions = band names), for FeaturesConfig.auxiliary_rasters."""
+    import rasterio
+
+    grid = patch_grid()
+    order = json.loads((PATCH.parent / "l1c_scenes_timestamps.json").read_text())["band_order"]
+    scenes = np.load(PATCH.parent / "l1c_scenes.npy")  # (scene, y, x, band)
+    median = np.median(scenes[list(L1C_CLEAR_SCENES)], axis=0).astype(np.float32)
+    profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": len(order), "dtype": "float32"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", crs=grid.crs, transform=grid.affine, **profile) as dst:
+        dst.write(np.moveaxis(median, -1, 0))
+        for band, name in enumerate(order, start=1):
+            dst.set_band_description(band, name)
+    return str(path)
+
+
+def with_patch_inputs(overrides: dict, folder: Path) -> dict:
+    """`overrides` with the benchmark's switches `dem` and `l1c_composite` replaced by the files they stand
+    for (written into `folder`): FeaturesConfig.dem_path and an entry of FeaturesConfig.auxiliary_rasters."""
+    overrides = dict(overrides)
+    if overrides.pop("dem", False):
+        overrides["dem_path"] = write_patch_dem(folder / "dem.tif")
+    if overrides.pop("l1c_composite", False):
+        path = write_patch_l1c_composite(folder / "l1c_median_2015.tif")
+        composite = {"path": path, "name": "L1C", "scale": 1.0}  # TOA reflectance (0..0.5 here) fits int16 x 1e4
+        overrides["auxiliary_rasters"] = [*overrides.get("auxiliary_rasters", []), composite]
+    return overrides
+
+
 def patch_values(year: int, features: FeaturesConfig):
     """The features stage's output on the whole patch: (values (t, y, x, f) float32, no_valid, dates, frames
     kept, valid_count), in the order of `features.stored_feature_names`."""
@@ -132,6 +170,9 @@ def patch_values(year: int, features: FeaturesConfig):
         grid = patch_grid()
         terrain = terrain_features(read_dem(features.dem_path, grid), grid.resolution)
         values = np.concatenate([values, np.broadcast_to(terrain, (len(values), *terrain.shape))], axis=-1)
+    auxiliary = auxiliary_features(features.auxiliary_rasters, patch_grid())  # as the stage: after terrain
+    if auxiliary is not None:
+        values = np.concatenate([values, np.broadcast_to(auxiliary, (len(values), *auxiliary.shape))], axis=-1)
     return values, no_valid, targets, n_kept, valid_count
 
 
@@ -186,6 +227,19 @@ VARIANTS: dict[str, dict] = {
         "class_weight": "balanced",
         "feature_fraction": 0.3,
     },
+    "+ phenology, feature_fraction 0.3, L1C 2015 composite": {
+        **BEST_SO_FAR,
+        "phenology_features": ["NDVI"],
+        "feature_fraction": 0.3,
+        "l1c_composite": True,
+    },
+    "+ phenology, balanced, feature_fraction 0.3, L1C 2015 composite": {
+        **BEST_SO_FAR,
+        "phenology_features": ["NDVI"],
+        "class_weight": "balanced",
+        "feature_fraction": 0.3,
+        "l1c_composite": True,
+    },
 }
 # What cross-validation inside the training half chooses from (every variant but the defaults).
 CANDIDATES = [name for name in VARIANTS if name != "defaults"]
@@ -212,6 +266,9 @@ def settings_from_config(path: Path, threads: int) -> dict:
     erosion = (data.get("reference") or {}).get("erosion_px")
     training = dict(data.get("training") or {})
     training.setdefault("num_threads", threads)
+    for raster in features.get("auxiliary_rasters", []):  # relative paths: against the config's folder
+        if "://" not in raster["path"]:
+            raster["path"] = str((path.parent / Path(raster["path"]).expanduser()).resolve())
     return {**features, **({"erosion_px": erosion} if erosion is not None else {}), **training}
 
 
@@ -230,11 +287,13 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     )
 
 
-def cv_score(year: int, train_half: str, overrides: dict, seeds: int, threads: int) -> dict:
+def cv_score(year: int, train_half: str, overrides: dict, seeds: int, threads: int, inputs: Path) -> dict:
     """Spatial 2-fold CV inside `train_half` only: train on its north (rows < height/2) or south part (on the
-    reference eroded as the variant says, 20 % held back for early stopping), score every labelled pixel of
-    the other part (un-eroded). Means over folds and `seeds`: {"oa", "macro_f1", "score" = oa + macro_f1}."""
-    features, reference, training = settings(overrides, threads)
+    reference eroded as the variant says; 20 % of its samples are validation rows: early stopping on them where
+    training.early_stopping_rounds is set, else they train too), score every labelled pixel of
+    the other part (un-eroded). Means over folds and `seeds`: {"oa", "macro_f1", "score" = oa + macro_f1}.
+    Input files (DEM, L1C composite) are written into `inputs`."""
+    features, reference, training = settings(with_patch_inputs(overrides, inputs), threads)
     values, no_valid, *_ = patch_values(year, features)
     X = _flat(unpack(pack(values, features.dtype)))  # as stored
     cols = patch_tiles()[train_half][1]
@@ -256,18 +315,7 @@ def cv_score(year: int, train_half: str, overrides: dict, seeds: int, threads: i
             val[rng.choice(n, size=int(0.2 * n + 0.5), replace=False)] = True
             Xf, yf = X[fit], fit_labels[fit]
             names = [f"c{i}" for i in range(X.shape[-1])]
-            booster = train_model(
-                Xf[~val],
-                yf[~val],
-                Xf[val],
-                yf[val],
-                names,
-                params=training.lightgbm_params,
-                class_weight=None if training.class_weight == "none" else "balanced",
-                num_boost_round=training.num_boost_round,
-                early_stopping_rounds=training.early_stopping_rounds,
-                seed=seed,
-            )
+            booster = train_with_config(Xf[~val], yf[~val], Xf[val], yf[val], names, training, seed=seed)
             proba = booster.predict(X[score], num_iteration=booster.best_iteration)
             pred = np.asarray(booster.lcms_classes)[proba.argmax(axis=1)]
             oa, f1 = _scores(labels[score], pred)
@@ -276,9 +324,9 @@ def cv_score(year: int, train_half: str, overrides: dict, seeds: int, threads: i
     return {"oa": float(np.mean(oas)), "macro_f1": float(np.mean(f1s)), "score": float(np.mean(oas) + np.mean(f1s))}
 
 
-def choose_by_cv(year: int, train_half: str, seeds: int, threads: int) -> tuple[str, dict[str, dict]]:
+def choose_by_cv(year: int, train_half: str, seeds: int, threads: int, inputs: Path) -> tuple[str, dict[str, dict]]:
     """The candidate with the best CV score inside `train_half`, and every candidate's CV figures."""
-    table = {name: cv_score(year, train_half, VARIANTS[name], seeds, threads) for name in CANDIDATES}
+    table = {name: cv_score(year, train_half, VARIANTS[name], seeds, threads, inputs) for name in CANDIDATES}
     return max(table, key=lambda n: table[n]["score"]), table
 
 
@@ -287,11 +335,7 @@ def run_settings(
 ) -> dict[str, list[dict]]:
     """Every stage on the patch with `overrides`, both directions, `seeds` validation draws each."""
     shutil.rmtree(store_path, ignore_errors=True)
-    dem = overrides.get("dem")
-    overrides = {k: v for k, v in overrides.items() if k != "dem"}
-    if dem:
-        overrides["dem_path"] = write_patch_dem(store_path / "inputs" / "dem.tif")
-    features, reference, training = settings(overrides, threads)
+    features, reference, training = settings(with_patch_inputs(overrides, store_path / "inputs"), threads)
     store = TileStore(str(store_path))
     n_kept = write_patch_inputs(store, year, features, reference)
     for tile, _ in patch_tiles().values():
@@ -365,7 +409,9 @@ def compare(args) -> None:
     chosen, cv_tables = {}, {}
     for train_half, test_half in (("west", "east"), ("east", "west")):
         direction = f"train {train_half}, test {test_half}"
-        chosen[direction], cv_tables[direction] = choose_by_cv(args.year, train_half, args.cv_seeds, args.threads)
+        chosen[direction], cv_tables[direction] = choose_by_cv(
+            args.year, train_half, args.cv_seeds, args.threads, args.store.with_name(args.store.name + "-inputs")
+        )
         print(f"\n# CV inside the {train_half} half (north ↔ south folds, {args.cv_seeds} seed(s)): {direction}")
         print("| candidate | CV OA | CV macro F1 | OA + F1 |\n|---|---:|---:|---:|")
         for name, cv in cv_tables[direction].items():
@@ -379,11 +425,14 @@ def compare(args) -> None:
     out.write_text(
         json.dumps(
             {
-                "data": "real Slovenia test patch (../shared/data/slovenia-testpatch), 2017 NDVI, 101 x 100 px at 10 m",
+                "data": "real Slovenia test patch (../shared/data/slovenia-testpatch), 2017 NDVI, 101 x 100 px at "
+                "10 m; the L1C variant adds the per-pixel median of the patch's 3 clear L1C scenes "
+                "(Jul-Sep 2015, 13 bands)",
                 "pixels": "A = every labelled pixel of the held-out half (un-eroded reference, LULC.gpkg), "
                 "classes the model learnt; B = its interior pixels (kept by a 1-px erosion)",
                 "split": "by tile: west half (columns 0-49) and east half (50-99), each held out in turn; the "
-                "training half's samples with 20 % held back for early stopping",
+                "training half's samples, 10 % of them the validation split (early stopping on it only where "
+                "training.early_stopping_rounds is set; without it, the default, they train too)",
                 "seeds": args.seeds,
                 "cv_method": "2-fold spatial CV (north/south parts) inside the training half only; "
                 f"score = OA + macro F1; {args.cv_seeds} seed(s)",
@@ -417,6 +466,11 @@ def main() -> None:
     parser.add_argument("--context-sizes", nargs="+", type=int, default=default_features.context_sizes)
     parser.add_argument("--phenology", nargs="*", default=default_features.phenology_features, help="e.g. NDVI")
     parser.add_argument("--dem", action="store_true", help="add the patch's DEM: elevation and slope")
+    parser.add_argument(
+        "--l1c-composite",
+        action="store_true",
+        help="add the median of the patch's clear 2015 L1C scenes (13 bands) as an auxiliary raster",
+    )
     parser.add_argument("--class-weight", default=TrainingConfig().class_weight)
     parser.add_argument("--feature-fraction", type=float, default=TrainingConfig().feature_fraction)
     parser.add_argument("--threads", type=int, default=2)
@@ -426,7 +480,7 @@ def main() -> None:
         compare(args)
         return
     if args.config:
-        overrides = settings_from_config(args.config, args.threads)
+        overrides = {**settings_from_config(args.config, args.threads), "l1c_composite": args.l1c_composite}
     else:
         overrides = {
             "erosion_px": args.erosion_px,
@@ -435,6 +489,7 @@ def main() -> None:
             "context_sizes": args.context_sizes,
             "phenology_features": args.phenology,
             "dem": args.dem,
+            "l1c_composite": args.l1c_composite,
             "class_weight": args.class_weight,
             "feature_fraction": args.feature_fraction,
         }

@@ -143,7 +143,9 @@ def lcms_filter(folder: Path, threads: int) -> dict:
         valid = valid_mask(data_mask, cloud)
         coverage = valid_coverage(valid)
         kept = np.flatnonzero(coverage >= cfg.min_valid_coverage)
-        kept_bands = bands[kept][..., needed]
+        kept_bands = np.empty((len(kept), *bands.shape[1:3], len(needed)), bands.dtype)
+        for i, frame in enumerate(kept):  # frame by frame: no copy of the kept frames' 13 bands
+            kept_bands[i] = bands[frame][..., needed]
         kept_valid = valid[kept]
     figures = t.figures(kept=len(kept))
     np.save(folder / "out" / "lcms_kept.npy", kept)
@@ -213,14 +215,16 @@ def lcms_sampling(folder: Path, threads: int) -> dict:
 
 
 def lcms_training(folder: Path, threads: int) -> dict:
-    """The samples read from the store, tasks.training.train_model (defaults, early stopping on every
-    10th sample), save_model, and the model put in the store as the training stage does."""
+    """The samples read from the store, tasks.training.model.train_with_config with the training stage's
+    settings (TrainingConfig's defaults; every 10th sample is the validation split, as MergeConfig's 0.1,
+    which the defaults train on too), save_model, and the model put in the store as the training stage does."""
     import numpy as np
 
     _lcms_path()
+    from lcms.config import TrainingConfig
     from lcms.legend import LULC_LEGEND
     from tasks.features.tile import unpack
-    from tasks.training.model import save_model, train_model
+    from tasks.training.model import save_model, train_with_config
 
     store, _ = _lcms_tile(folder)
     info = meta(folder)
@@ -232,11 +236,28 @@ def lcms_training(folder: Path, threads: int) -> dict:
         columns = [str(c) for c in samples.coord("column")]
         every_10th = np.arange(len(y)) % 10 == 0  # MergeConfig's validation_fraction 0.1
         val = every_10th & np.isin(y, np.unique(y[~every_10th]))
-        booster = train_model(X[~val], y[~val], X[val], y[val], columns, params={"num_threads": threads}, seed=0)
+        cfg = TrainingConfig(num_threads=threads)  # what the training stage runs (tasks/training/stage.py)
+        booster = train_with_config(X[~val], y[~val], X[val], y[val], columns, cfg)
         lineage = {"features": list(FEATURE_NAMES), "date_offsets_days": info["target_offsets_days"]}
         save_model(booster, model_dir, LULC_LEGEND, booster.lcms_classes, lineage)
         store.put_files("training", MODEL_NAME, model_dir, "suite")
-    return t.figures(samples=int((~val).sum()), validation=int(val.sum()), rounds=booster.best_iteration)
+    # Without early stopping (TrainingConfig's default) the validation rows train too.
+    trained_on = len(y) if cfg.early_stopping_rounds is None else int((~val).sum())
+    return t.figures(samples=trained_on, validation=int(val.sum()), rounds=booster.best_iteration)
+
+
+def lcms_real_patch(folder: Path, threads: int) -> dict:
+    """OA on the real Slovenia patch, both directions: LCMS's training stage (TrainingConfig's defaults, seeds 0
+    and 1) beside eo-learn's example classifier on the same rows (benchmarks/training.py `real_patch_scores`).
+
+    eo-learn's classifier runs here, in the LCMS venv: both venvs have LightGBM 4.7.0, and LGBMClassifier is
+    the same code in both."""
+    _lcms_path()
+    import lightgbm
+    import training as bench
+
+    scores = bench.real_patch_scores(2017, threads, 1, folder / "real_patch_store", seeds=(0, 1))
+    return {"year": 2017, "lightgbm": lightgbm.__version__, "directions": scores}
 
 
 def lcms_prediction(folder: Path, threads: int) -> dict:
@@ -263,11 +284,31 @@ def lcms_prediction(folder: Path, threads: int) -> dict:
     return figures
 
 
+_DOWNLOAD_ARRAYS = ("bands", "data_mask", "cloud_prob", "cloud_true", "valid")
+
+
 def _lcms_stage_arrays(folder: Path) -> dict:
     import numpy as np
 
-    names = ("bands", "data_mask", "cloud_prob", "cloud_true", "valid", "features", "no_valid", "valid_count")
+    names = (*_DOWNLOAD_ARRAYS, "features", "no_valid", "valid_count")
     return {name: np.load(folder / f"{name}.npy") for name in names}
+
+
+def npy_blocks(path: Path, regions: list[tuple[slice, slice]]):
+    """Spatial blocks [:, rows, cols] of a (t, y, x, ...) .npy file, each copied out of a memory map whose
+    pages are then given back (MADV_DONTNEED), so that only one block at a time is resident: a stage's
+    output as the stage hands it to the writer."""
+    import mmap
+
+    import numpy as np
+
+    mapped = np.load(path, mmap_mode="r")
+    for rows, cols in regions:
+        block = np.empty((mapped.shape[0], *mapped[0, rows, cols].shape), mapped.dtype)
+        for t in range(len(block)):  # a date at a time: the pages of one date's rows are resident at most
+            block[t] = mapped[t, rows, cols]
+            mapped._mmap.madvise(mmap.MADV_DONTNEED)
+        yield block
 
 
 def lcms_store_write(folder: Path, threads: int) -> dict:
@@ -283,7 +324,10 @@ def lcms_store_write(folder: Path, threads: int) -> dict:
 
     _, tile = _lcms_tile(folder)
     info = meta(folder)
-    a = _lcms_stage_arrays(folder)
+    # The features stage computes and writes its float32 features one block at a time: they come here
+    # block by block from a memory map (`npy_blocks`), never whole. The download stage's arrays are in
+    # memory whole, as its one 512-px block holds the whole tile at this size.
+    a = {name: np.load(folder / f"{name}.npy") for name in _DOWNLOAD_ARRAYS + ("no_valid", "valid_count")}
     store = TileStore(str(folder / "store_io"))
     dates = np.array(info["dates"], "int64").astype("datetime64[s]")
     targets = np.array(info["targets"], "int64").astype("datetime64[s]")
@@ -302,9 +346,10 @@ def lcms_store_write(folder: Path, threads: int) -> dict:
             w.write("valid_coverage", valid_coverage(a["valid"]))
         coords = {"time": targets, "feature": np.array(FEATURE_NAMES)}
         with store.writer("features", YEAR, TILE_ID, grid, "suite", coords) as w:
-            for region, _ in grid.blocks(FeaturesConfig().block_size):
+            regions = [region for region, _ in grid.blocks(FeaturesConfig().block_size)]
+            for region, values in zip(regions, npy_blocks(folder / "features.npy", regions), strict=True):
                 rows, cols = region
-                w.write("features", pack(a["features"][:, rows, cols], "int16"), region)
+                w.write("features", pack(values, "int16"), region)
                 w.write("no_valid", a["no_valid"][rows, cols], region)
                 w.write("valid_count", a["valid_count"][rows, cols], region)
     return t.figures(on_disk_mib=folder_size_mib(folder / "store_io"))
@@ -337,7 +382,7 @@ def lcms_store_read(folder: Path, threads: int) -> dict:
         spec = features.group["features"]
         got["features"] = np.empty(spec.shape, np.float32)
         for region, _ in features.grid.blocks(spec.chunks[1]):
-            got["features"][:, region[0], region[1]] = unpack(features.read("features", region))
+            unpack(features.read("features", region), out=got["features"][:, region[0], region[1]])
         got["no_valid"] = features.read("no_valid")
         got["valid_count"] = features.read("valid_count")
     figures = t.figures()

@@ -5,10 +5,10 @@
 Two contenders, both LightGBM 4, both with the same number of threads (--threads, default 2,
 set explicitly as `num_threads` / `n_jobs`):
 
-* LCMS: `tasks.training.train_model` with its defaults (DEFAULT_PARAMS, up to 500 rounds,
-  early stopping after 20 rounds without a better multi_logloss on the validation split,
-  seed 0), fitted on the training split; predictions through `predict_labels` (the trees up
-  to the best iteration, as `save_model` keeps them);
+* LCMS: `tasks.training.train_model` with the training stage's settings (TrainingConfig's
+  defaults: 50 rounds at learning rate 0.3, 15 leaves, 30 % of the columns per tree, 63 bins,
+  no early stopping, so the validation split trains too; seed 0); predictions through
+  `predict_labels` (the trees the model keeps, as `save_model` writes them);
 * eo-learn: the land-cover example's `lightgbm.LGBMClassifier(objective="multiclass",
   num_class=k, metric="multi_logloss")`, otherwise defaults (100 rounds, no validation set),
   random_state=0 and verbose=-1 (quiet), fitted on training + validation, as eo-learn uses
@@ -82,7 +82,7 @@ from tasks.reference.polygons import erode_labels, load_reference, rasterize_ref
 from tasks.sampling.samples import gather_samples, sample_pixels, split_by_blocks, split_halves  # noqa: E402
 from tasks.sampling.tile import sampling_tile  # noqa: E402
 from tasks.training.holdout import held_out_pixels  # noqa: E402
-from tasks.training.model import predict_labels, train_model  # noqa: E402
+from tasks.training.model import predict_labels, train_with_config  # noqa: E402
 from tasks.training.stage import fit_merged  # noqa: E402
 
 SYNTHETIC_FEATURES = ("NDVI", "NDWI", "B02", "B04", "B08", "B11")
@@ -221,15 +221,15 @@ def scores(contender: str, rounds: int, fit_s: float, predict_s: float, y_true, 
 
 
 def run_lcms(s: Samples, threads: int, repeats: int) -> Result:
+    cfg = TrainingConfig(num_threads=threads)  # what the training stage runs
+
     def fit() -> lgb.Booster:
-        # Only the thread count is set; everything else is train_model's default.
-        return train_model(s.X_train, s.y_train, s.X_val, s.y_val, s.columns, params={"num_threads": threads}, seed=0)
+        return train_with_config(s.X_train, s.y_train, s.X_val, s.y_val, s.columns, cfg)
 
     booster, fit_s = timed(fit, repeats)
-    # What save_model records and predict_labels reads: the trees up to the best iteration.
+    # What save_model records and predict_labels reads: the trees up to the best iteration (all without early stopping).
     metadata = {"feature_names": s.columns, "classes": booster.lcms_classes, "num_iteration": booster.best_iteration}
     y_pred, predict_s = timed(lambda: predict_labels(booster, metadata, s.X_test), repeats)
-    # lgb.train returns the model cut at its best round; up to 20 more rounds were trained before stopping.
     return scores("LCMS train_model", booster.best_iteration, fit_s, predict_s, s.y_test, y_pred)
 
 
@@ -238,15 +238,7 @@ def run_eolearn(s: Samples, threads: int, repeats: int) -> Result:
     y = np.concatenate([s.y_train, s.y_val])
 
     def fit() -> lgb.LGBMClassifier:
-        model = lgb.LGBMClassifier(
-            objective="multiclass",
-            num_class=len(np.unique(y)),
-            metric="multi_logloss",
-            random_state=0,
-            n_jobs=threads,
-            verbose=-1,
-        )
-        return model.fit(X, y)
+        return eolearn_classifier(len(np.unique(y)), threads).fit(X, y)
 
     model, fit_s = timed(fit, repeats)
     y_pred, predict_s = timed(lambda: model.predict(s.X_test), repeats)
@@ -257,18 +249,37 @@ def run_eolearn(s: Samples, threads: int, repeats: int) -> Result:
 # --------------------------------------------------------------------------- the real patch, both directions
 
 
-def real_patch(year: int, threads: int, repeats: int, store_dir: Path) -> list[str]:
-    """Both directions of the real patch through the stages; LCMS's training stage beside eo-learn's params.
+def eolearn_classifier(n_classes: int, threads: int, seed: int = 0) -> lgb.LGBMClassifier:
+    """The eo-learn land-cover example's classifier: multiclass LightGBM, otherwise its defaults (100 rounds)."""
+    return lgb.LGBMClassifier(
+        objective="multiclass",
+        num_class=n_classes,
+        metric="multi_logloss",
+        random_state=seed,
+        n_jobs=threads,
+        verbose=-1,
+    )
+
+
+def real_patch_scores(
+    year: int, threads: int, repeats: int, store_dir: Path, seeds: tuple[int, ...] = (0,)
+) -> dict[str, dict]:
+    """Both directions of the real patch through the stages; LCMS's training stage beside eo-learn's classifier.
 
     As benchmarks/slovenia_patch_training.py: NDVI of `year` on the 16-day grid (int16 in the
     store), the un-eroded reference eroded by ReferenceConfig's default for sampling, every
-    eligible pixel sampled, one half trains (10 % of all samples held back for early stopping),
-    the other half tests. LCMS: `fit_merged` with TrainingConfig's defaults (what the training
-    stage runs, block by block from the store); eo-learn: its example classifier on the same
-    training + validation rows. Both are scored on every labelled pixel of the held-out half
-    (`held_out_pixels`: the un-eroded reference, class borders included).
+    eligible pixel sampled, one half trains (10 % of all samples are the validation split), the
+    other half tests. LCMS: `fit_merged` with TrainingConfig's defaults (what the training stage
+    runs, block by block from the store), once per seed of `seeds` (TrainingConfig.seed; the
+    default is 0); eo-learn: its example classifier, fitted on the same training + validation rows
+    (it is deterministic: no row or column sampling). Both are scored on every labelled pixel of
+    the held-out half (`held_out_pixels`: the un-eroded reference, class borders included).
+
+    Returns {"west_to_east": ..., "east_to_west": ...}, each with "pixels", "eolearn" (a Result as a
+    dict) and "lcms" (one Result dict per seed).
     """
     import shutil
+    from dataclasses import asdict
 
     shutil.rmtree(store_dir, ignore_errors=True)
     store = TileStore(str(store_dir))
@@ -280,62 +291,58 @@ def real_patch(year: int, threads: int, repeats: int, store_dir: Path) -> list[s
         sampling_tile(store, tile, year, SamplingConfig(fraction=1.0))
     tile_ids = [tiles[h][0].tile_id for h in ("west", "east")]
     widths = {t.tile_id: t.grid.width for t, _ in tiles.values()}
-    cfg = TrainingConfig(num_threads=threads)
-    lines = [
-        f"Slovenia {year}, real patch, both directions: scored on every labelled pixel of the held-out half "
-        f"(un-eroded reference); LCMS = training stage defaults {cfg.lightgbm_params | {'rounds': cfg.num_boost_round}}"
-        f", early stopping {cfg.early_stopping_rounds}",
-        f"  {'direction':<22}{'contender':<24}{'rounds':>8}{'fit s':>9}{'OA':>8}{'kappa':>8}{'macro F1':>10}",
-    ]
+    results: dict[str, dict] = {}
     for train_half, test_half in (("west", "east"), ("east", "west")):
         merge = MergeConfig(split="tile", test_fraction=0.5, validation_fraction=0.1, seed=merge_seed(test_half, 0))
         merge_samples(store, tile_ids, [year], widths, merge, 100)
         merged = store.open_product("merge", "land-cover")
-        fitted, lcms_s = timed(lambda: fit_merged(merged, cfg), repeats)  # noqa: B023
-        booster = fitted.booster
-        classes = booster.lcms_classes
-        held = held_out_pixels(store, merged, classes)
-        X_held = unpack(held.X)
-        metadata = {
-            "feature_names": booster.feature_name(),
-            "classes": classes,
-            "num_iteration": booster.best_iteration,
-        }
-        lcms = scores(
-            "LCMS training stage",
-            booster.best_iteration,
-            lcms_s,
-            0.0,
-            held.y,
-            predict_labels(booster, metadata, X_held),
-        )
+        lcms_runs, held = [], None
+        for seed in seeds:
+            cfg = TrainingConfig(num_threads=threads, seed=seed)
+            fitted, lcms_s = timed(lambda: fit_merged(merged, cfg), repeats)  # noqa: B023
+            booster = fitted.booster
+            classes = booster.lcms_classes
+            if held is None:
+                held = held_out_pixels(store, merged, classes)
+                X_held = unpack(held.X)
+            metadata = {"feature_names": booster.feature_name(), "classes": classes, "num_iteration": None}
+            predicted = predict_labels(booster, metadata, X_held)  # every tree the model keeps, as save_model
+            lcms = scores(f"LCMS training stage, seed {seed}", booster.best_iteration, lcms_s, 0.0, held.y, predicted)
+            lcms_runs.append(asdict(lcms))
 
         X = unpack(merged.read("features"))
         y, split = merged.read("label").astype(np.int64), merged.read("split")
         learn = np.isin(split, [0, 1]) & np.isin(y, classes)
-
-        def fit_eo() -> lgb.LGBMClassifier:
-            model = lgb.LGBMClassifier(
-                objective="multiclass",
-                num_class=len(classes),  # noqa: B023
-                metric="multi_logloss",
-                random_state=0,
-                n_jobs=threads,
-                verbose=-1,
-            )
-            return model.fit(X[learn], y[learn])  # noqa: B023
-
-        model, eo_s = timed(fit_eo, repeats)
+        model, eo_s = timed(lambda: eolearn_classifier(len(classes), threads).fit(X[learn], y[learn]), repeats)  # noqa: B023
         eo = scores(
             "eo-learn LGBMClassifier", model.booster_.current_iteration(), eo_s, 0.0, held.y, model.predict(X_held)
         )
-        direction = f"train {train_half} → {test_half}"
-        for r in (lcms, eo):
-            figures = f"{r.rounds:>8}{r.fit_s:9.3f}{r.oa:8.4f}{r.kappa:8.4f}{r.macro_f1:10.4f}"
-            lines.append(f"  {direction:<22}{r.contender:<24}{figures}")
+        results[f"{train_half}_to_{test_half}"] = {"pixels": held.n_scored, "lcms": lcms_runs, "eolearn": asdict(eo)}
+    return results
+
+
+def real_patch(year: int, threads: int, repeats: int, store_dir: Path, seeds: tuple[int, ...] = (0, 1)) -> list[str]:
+    """`real_patch_scores` as a table."""
+    cfg = TrainingConfig(num_threads=threads)
+    rounds = "early stopping" if cfg.early_stopping_rounds else "fixed rounds, validation rows train too"
+    lines = [
+        f"Slovenia {year}, real patch, both directions: scored on every labelled pixel of the held-out half "
+        f"(un-eroded reference); LCMS = training stage defaults {cfg.lightgbm_params | {'rounds': cfg.num_boost_round}}"
+        f" ({rounds})",
+        f"  {'direction':<22}{'contender':<34}{'rounds':>8}{'fit s':>9}{'OA':>8}{'kappa':>8}{'macro F1':>10}",
+    ]
+    for key, r in real_patch_scores(year, threads, repeats, store_dir, seeds).items():
+        direction = "train " + key.replace("_to_", " → ")
+        eo = r["eolearn"]
+        for x in (*r["lcms"], eo):
+            figures = f"{x['rounds']:>8}{x['fit_s']:9.3f}{x['oa']:8.4f}{x['kappa']:8.4f}{x['macro_f1']:10.4f}"
+            lines.append(f"  {direction:<22}{x['contender']:<34}{figures}")
+        oa = statistics.mean(x["oa"] for x in r["lcms"])
+        f1 = statistics.mean(x["macro_f1"] for x in r["lcms"])
+        fit = statistics.mean(x["fit_s"] for x in r["lcms"])
         lines.append(
-            f"  {'':<22}{held.n_scored} pixels; LCMS / eo-learn fit time {lcms.fit_s / eo.fit_s:.2f}×, "
-            f"OA {lcms.oa - eo.oa:+.4f}, macro F1 {lcms.macro_f1 - eo.macro_f1:+.4f}"
+            f"  {'':<22}{r['pixels']} pixels; LCMS (mean of {len(r['lcms'])} seeds) / eo-learn fit time "
+            f"{fit / eo['fit_s']:.2f}×, OA {oa - eo['oa']:+.4f}, macro F1 {f1 - eo['macro_f1']:+.4f}"
         )
     return lines
 
@@ -355,7 +362,7 @@ def table(s: Samples, results: list[Result]) -> str:
             f"{r.oa:8.4f}{r.kappa:8.4f}{r.macro_f1:10.4f}"
         )
     lcms, eo = results
-    lines.append("  (rounds: in the model; LCMS trained up to 20 more before early stopping, which it then drops)")
+    lines.append("  (rounds: in the model; with early stopping, LCMS trains a few more rounds, which it then drops)")
     lines.append(
         f"  LCMS / eo-learn fit time: {lcms.fit_s / eo.fit_s:.2f}×; OA LCMS − eo-learn: {lcms.oa - eo.oa:+.4f} "
         f"(kappa {lcms.kappa - eo.kappa:+.4f}, macro F1 {lcms.macro_f1 - eo.macro_f1:+.4f})"

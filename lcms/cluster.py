@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 FORWARDED_ENV = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "PREFECT_API_URL")
 SCHEDULER_CONNECT_SECONDS = 20
 
+# Set in every worker process LCMS's clusters start, over Dask's `distributed.nanny.pre-spawn-environ` (None
+# unsets one of Dask's). Measured with benchmarks/suite.py's store workers on a 500² px × 48-date tile
+# (2026-12-01): Dask's MALLOC_TRIM_THRESHOLD_=65536 pins glibc's mmap threshold at 128 KiB, so every freed
+# chunk buffer is unmapped and faulted in again, and the store's writes took twice as long (1.3 → 3.4 s);
+# one malloc arena instead lets zarr's I/O threads reuse each other's freed buffers, at the same speed
+# (peak RSS of a whole-tile read 781 → 713 MiB, of the writes 705 → 640 MiB).
+WORKER_ENVIRON: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}
+
 
 class SchedulerUnreachable(ConfigError):
     """No Dask scheduler answered at the configured address."""
@@ -73,18 +81,41 @@ def running_scheduler(address: str, timeout: float | None = None) -> RunningSche
     return RunningScheduler(address, workers)
 
 
+def worker_pre_spawn_environ() -> dict[str, str | None]:
+    """Dask's `distributed.nanny.pre-spawn-environ` with WORKER_ENVIRON over it: what a nanny sets before it
+    starts a worker process (these variables act at process start, so they cannot be set later)."""
+    import dask.config
+    import distributed  # noqa: F401 (registers distributed's config defaults)
+
+    return {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRON}
+
+
+def worker_environment() -> dict[str, str]:
+    """The variables a worker process of LCMS's clusters starts with (for a process started without a nanny)."""
+    return {k: str(v) for k, v in worker_pre_spawn_environ().items() if v is not None}
+
+
+def worker_nanny_env() -> dict[str, str]:
+    """The environment that makes `dask worker` (the command line, as on EC2) start its worker processes the
+    same way: Dask reads `DASK_*` variables into its config (a Python literal here)."""
+    return {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": repr(worker_pre_spawn_environ())}
+
+
 def _local_cluster(cfg: LocalClusterConfig, work_dir: Path):
+    import dask.config
     from distributed import LocalCluster
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    return LocalCluster(
-        n_workers=cfg.n_workers,
-        threads_per_worker=cfg.threads_per_worker,
-        processes=cfg.processes,
-        memory_limit=cfg.memory_limit,
-        local_directory=str(work_dir),
-        dashboard_address=":0",  # a free port: runs side by side never clash over 8787
-    )
+    # The nannies (worker processes only) read it as they are made, inside LocalCluster(...).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_pre_spawn_environ()}):
+        return LocalCluster(
+            n_workers=cfg.n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            processes=cfg.processes,
+            memory_limit=cfg.memory_limit,
+            local_directory=str(work_dir),
+            dashboard_address=":0",  # a free port: runs side by side never clash over 8787
+        )
 
 
 def ec2_cluster_kwargs(cfg: EC2ClusterConfig) -> dict[str, Any]:
@@ -101,7 +132,7 @@ def ec2_cluster_kwargs(cfg: EC2ClusterConfig) -> dict[str, Any]:
         "vpc": cfg.vpc,
         "use_private_ip": cfg.use_private_ip,
         "iam_instance_profile": {"Name": cfg.iam_instance_profile} if cfg.iam_instance_profile else None,
-        "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        "env_vars": {**{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}, **worker_nanny_env()},
     }
 
 

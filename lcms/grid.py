@@ -29,14 +29,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 from lcms.config import AoiConfig, GridConfig
 from lcms.geometry import PixelGrid, bbox_geometry, split_at_antimeridian
@@ -107,6 +109,8 @@ def load_aoi(cfg: AoiConfig) -> BaseGeometry:
     if cfg.bbox is not None:
         geographic = CRS.from_user_input(cfg.bbox_crs).is_geographic  # AoiConfig has checked the box
         # In degrees, minx > maxx is a box across 180°: its two halves, one on each side.
+        import geopandas as gpd  # imported where used: tile workers need no geopandas
+
         frame = gpd.GeoDataFrame(geometry=[bbox_geometry(cfg.bbox) if geographic else box(*cfg.bbox)], crs=cfg.bbox_crs)
         source = f"aoi.bbox {cfg.bbox}"
     else:
@@ -125,6 +129,8 @@ def load_aoi(cfg: AoiConfig) -> BaseGeometry:
 def _read_vector(path: str | None, layer: str | None, source: str) -> gpd.GeoDataFrame:
     if path is None or not ("://" in path or Path(path).exists()):
         raise AoiError(f"{source} does not exist. Set aoi.path to a GeoJSON, GeoPackage or Shapefile.")
+    import geopandas as gpd
+
     try:
         return gpd.read_file(path, layer=layer)
     except Exception as exc:  # pyogrio raises several types for unreadable files
@@ -470,6 +476,8 @@ class AreaGrid:
 
     def footprints_wgs84(self) -> gpd.GeoSeries:
         """Each tile's core as a WGS84 polygon (densified), indexed by tile id."""
+        import geopandas as gpd
+
         out = {}
         for crs, group in _group_by_crs(self.tiles).items():
             cores = gpd.GeoSeries(
@@ -485,6 +493,9 @@ class AreaGrid:
     # ---------------------------------------------------------------- GeoPackage
 
     def to_geodataframe(self) -> gpd.GeoDataFrame:
+        import geopandas as gpd
+        import pandas as pd
+
         rows = [
             {
                 "tile_id": t.tile_id,
@@ -540,6 +551,8 @@ class AreaGrid:
 
     @classmethod
     def read_gpkg(cls, path: str | Path) -> AreaGrid:
+        import geopandas as gpd
+
         return cls.from_geodataframe(gpd.read_file(path, layer=cls.LAYER))
 
 

@@ -73,6 +73,7 @@ import datetime as dt
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -93,6 +94,7 @@ import numpy as np
 import zarr
 from pyproj import CRS
 from zarr.codecs import BloscCodec
+from zarr.core.buffer.cpu import NDBuffer
 
 from lcms.geometry import PixelGrid
 from lcms.layout import SPATIAL_DIMS, ArraySpec, LeaseError, StageLayout, StoreError, WriteSkipped
@@ -663,6 +665,25 @@ def _is_spatial(spec: ArraySpec) -> bool:
     return set(SPATIAL_DIMS) <= set(spec.dims)
 
 
+def _chunk_groups(dims: tuple[str, ...], chunks: tuple[int, ...], shape: tuple[int, ...]):
+    """Slices of a region's data that split one write into calls of about zarr's concurrency in chunks each,
+    cut along the non-spatial dims that are chunked (e.g. one band or feature per chunk).
+
+    zarr encodes every chunk of one call before it has written them all, so one call over a tile's 13
+    bands holds a copy of all 13 (a third of a GB at 500² × 48 dates); calls of ~concurrency chunks
+    keep as many writes in flight and bound that copy.
+    """
+    per_slab = math.prod(-(-n // c) for d, c, n in zip(dims, chunks, shape, strict=True) if d in SPATIAL_DIMS)
+    split = [i for i, (d, c, n) in enumerate(zip(dims, chunks, shape, strict=True)) if d not in SPATIAL_DIMS and c < n]
+    if not split:
+        yield tuple(slice(None) for _ in dims)
+        return
+    axis = split[0]  # the outermost chunked non-spatial dim (arrays here have at most one)
+    step = chunks[axis] * max(1, int(zarr.config.get("async.concurrency")) // per_slab)
+    for start in range(0, shape[axis], step):
+        yield tuple(slice(start, start + step) if i == axis else slice(None) for i in range(len(dims)))
+
+
 def _read_region(array: zarr.Array, region: tuple[slice, slice] | None, select: Mapping[str, Any] | None = None):
     """A spatial region, and optionally chosen indices along other dims (e.g. some bands or dates)."""
     rows, cols = region if region is not None else (slice(None), slice(None))
@@ -671,7 +692,19 @@ def _read_region(array: zarr.Array, region: tuple[slice, slice] | None, select: 
         rows if d == "y" else cols if d == "x" else np.asarray(select[d]) if d in select else slice(None)
         for d in array.metadata.dimension_names
     )
-    return array.get_orthogonal_selection(index) if select else array[index]
+    if select:
+        return array.get_orthogonal_selection(index)
+    shape = tuple(len(range(*i.indices(n))) for i, n in zip(index, array.shape, strict=True))
+    parts = list(_chunk_groups(array.metadata.dimension_names, array.chunks, shape))
+    if len(parts) == 1:
+        return array[index]
+    # Filled a group of chunks at a time (as `TileWriter.write` writes), each decoded straight into its place.
+    out = np.empty(shape, dtype=array.dtype)
+    dims = array.metadata.dimension_names
+    for part in parts:
+        where = tuple(i if d in SPATIAL_DIMS else p for d, p, i in zip(dims, part, index, strict=True))
+        array.get_basic_selection(where, out=NDBuffer.from_numpy_array(out[part]))
+    return out
 
 
 def _protocols(fs) -> tuple[str, ...]:
@@ -921,7 +954,11 @@ class TileWriter:
                 f"{self.layout.stage}.{name} region expects shape {expected} for dims {spec.dims}, got {data.shape}"
             )
         if data.size:
-            self.group[name][index] = data
+            target = self.group[name]
+            for part in _chunk_groups(spec.dims, target.chunks, data.shape):
+                # the part's slice on non-spatial dims (written whole), the region on y and x
+                where = tuple(i if d in SPATIAL_DIMS else p for d, p, i in zip(spec.dims, part, index, strict=True))
+                target[where] = data[part]
         self._coverage[name][rows, cols] = True
 
     def write_rows(self, name: str, data: np.ndarray, start: int) -> None:

@@ -68,3 +68,26 @@ def test_the_cli_option_rejects_a_malformed_address_before_any_work(tmp_path):
     # The same through the environment (LCMS_SCHEDULER_ADDRESS), as a worker-side script would set it.
     result = CliRunner().invoke(app, ["download", str(config)], env={"LCMS_SCHEDULER_ADDRESS": "nonsense"})
     assert result.exit_code == 2 and "--scheduler-address 'nonsense'" in result.output
+
+
+def test_worker_processes_start_with_lcms_malloc_settings(tmp_path, monkeypatch):
+    """A LocalCluster of processes gives its workers WORKER_ENVIRON (one malloc arena, no trim threshold) in
+    place of Dask's default, and leaves Dask's config as it was."""
+    import os
+
+    import dask.config
+    from distributed import Client
+
+    from lcms.config import LocalClusterConfig
+
+    # A nanny sets them in this process too (before it spawns): unset now, and as they were after the test.
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    before = dask.config.get("distributed.nanny.pre-spawn-environ")
+    cfg = LocalClusterConfig(n_workers=1, processes=True)
+    with dask_cluster(cfg, tmp_path) as cluster, Client(cluster, set_as_default=False) as client:
+        seen = client.run(lambda: [os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")])
+    assert list(seen.values()) == [["1", None]]
+    assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
+    assert before.get("MALLOC_TRIM_THRESHOLD_") is not None  # what the worker would have had without LCMS's

@@ -151,6 +151,8 @@ def _assert_same_tile(s3_store, local_store, stage: str, tile_id: str) -> None:
 
 
 def test_stages_run_on_dask_cli_processes_and_tiles_land_in_s3(cluster_env, s3_endpoint, tmp_path):
+    from distributed import Client
+
     from lcms.store import TileStore
 
     bucket = _bucket(s3_endpoint)
@@ -164,6 +166,10 @@ def test_stages_run_on_dask_cli_processes_and_tiles_land_in_s3(cluster_env, s3_e
         for stage in ("download", "features"):
             assert f"{stage}: 4 done, 0 skipped, 0 failed of 4 tile-years" in output, output[-3000:]
         worker_tiles = [_finished_tiles(cluster.folder / f"worker-{i}.log") for i in range(2)]
+        # The worker processes started with LCMS's malloc settings (lcms/cluster.py WORKER_ENVIRON), not Dask's.
+        with Client(cluster.address, set_as_default=False) as client:
+            malloc = client.run(lambda: [os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_")])
+        assert list(malloc.values()) == [["1", None]] * 2, malloc
 
     store = TileStore(f"s3://{bucket}/run")
     tile_ids = sorted(store.read_grid().tile_ids)

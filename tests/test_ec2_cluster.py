@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import copy
@@ -27,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 from test_infra import TEMPLATE_PATH, deploy
 
-from lcms.cluster import FORWARDED_ENV, ec2_cluster_kwargs
+from lcms.cluster import FORWARDED_ENV, ec2_cluster_kwargs, worker_nanny_env
 from lcms.config import EC2ClusterConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,10 @@ def test_ec2_kwargs_bind_to_the_real_ec2cluster_signatures(monkeypatch):
     assert taken["security_groups"] is EC2Cluster and taken["iam_instance_profile"] is EC2Cluster
     assert kwargs["iam_instance_profile"] == {"Name": "lcms-dask-instance"}  # the RunInstances shape
     assert kwargs["env_vars"]["AWS_DEFAULT_REGION"] == "eu-central-1"  # forwarded to the instances
-    assert set(kwargs["env_vars"]) <= set(FORWARDED_ENV)  # and nothing else of this environment
+    # and nothing else of this environment, but the worker processes' settings for the instances' nannies
+    assert set(kwargs["env_vars"]) <= set(FORWARDED_ENV) | set(worker_nanny_env())
+    nanny = ast.literal_eval(kwargs["env_vars"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"])
+    assert nanny["MALLOC_ARENA_MAX"] == "1" and nanny["MALLOC_TRIM_THRESHOLD_"] is None
 
     # cluster.adaptive_min/max reach EC2Cluster.adapt (SpecCluster's) as named parameters, not its **kwargs.
     adapt = inspect.signature(EC2Cluster.adapt).bind(None, minimum=1, maximum=8).arguments

@@ -81,6 +81,35 @@ def test_round_trip_block_writes(store):
     assert reader.grid == GRID
 
 
+def test_large_writes_and_reads_go_a_group_of_chunks_at_a_time(tmp_path, monkeypatch):
+    """A whole-tile write or read of 13 band chunks per pixel block is cut into calls of at most zarr's
+    concurrency in chunks (bounding the encoded copies held at once), and still round-trips exactly."""
+    store = TileStore(str(tmp_path / "store"))
+    calls = []
+    original = zarr.Array.__setitem__
+
+    def counting_setitem(self, selection, value):
+        calls.append(np.shape(value))
+        return original(self, selection, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", counting_setitem)
+    arrays = sample_arrays(3)
+    with zarr.config.set({"async.concurrency": 4}):
+        with store.writer("download", 2023, "T1", GRID, "p1", COORDS) as writer:
+            writer.write("bands", arrays["bands"])  # 300² px: 2 × 2 spatial chunks per band
+            for name in ("data_mask", "cloud_prob", "cloud_mask", "shadow_mask", "valid_mask", "valid_coverage"):
+                writer.write(name, arrays[name])
+        band_calls = [shape for shape in calls if len(shape) == 4]
+        # 4 spatial chunks per band and 4 chunks per call: one band per call, 13 calls
+        assert band_calls == [(len(DATES), 300, 300, 1)] * len(L1C_BANDS)
+        reader = store.open_tile("download", 2023, "T1")
+        np.testing.assert_array_equal(reader.read("bands"), arrays["bands"])
+        np.testing.assert_array_equal(
+            reader.read("bands", (slice(5, 290), slice(3, 7))), arrays["bands"][:, 5:290, 3:7]
+        )
+        np.testing.assert_array_equal(reader.read("valid_mask"), arrays["valid_mask"])
+
+
 def test_layout_dtypes_chunks_and_compression(store):
     store.ensure_writable()
     write_tile(store)

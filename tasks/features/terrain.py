@@ -17,27 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from lcms.geometry import PixelGrid
+from tasks.features.auxiliary import read_raster
 
 TERRAIN_FEATURES = ("ELEVATION_10KM", "SLOPE")
 
 
 def read_dem(path: str, grid: PixelGrid) -> np.ndarray:
     """float32 (y, x) elevation in metres on `grid`, NaN where the DEM has no data or does not reach."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
-
-    out = np.full(grid.shape, np.nan, dtype=np.float32)
-    with rasterio.open(path) as src:
-        reproject(
-            source=rasterio.band(src, 1),
-            destination=out,
-            src_nodata=src.nodata,
-            dst_transform=grid.affine,
-            dst_crs=grid.crs,
-            dst_nodata=np.nan,
-            resampling=Resampling.bilinear,
-        )
-    return out
+    return read_raster(path, grid, bands=[1], resampling="bilinear")[..., 0]
 
 
 def terrain_features(dem: np.ndarray, resolution_m: float) -> np.ndarray:

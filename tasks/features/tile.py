@@ -11,7 +11,8 @@ Plain functions, no Prefect: the flow in flows/features.py wraps them. Per tile 
    features ``{feature}_{stat}{size}``; blocks are read with a halo so windows are whole across
    block edges;
 4. optional terrain (`dem_path`): elevation and slope of a DEM resampled onto the tile
-   (tasks/features/terrain.py), the same at every date;
+   (tasks/features/terrain.py), then optional auxiliary rasters (`auxiliary_rasters`): their bands,
+   scaled, resampled onto the tile (tasks/features/auxiliary.py); both the same at every date;
 5. the block is packed (int16 = value × 10000, or float32) and written; pixels without
    any valid observation are marked in `no_valid`.
 
@@ -27,6 +28,7 @@ import numpy as np
 from lcms.config import FeaturesConfig, params_hash
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
+from tasks.features.auxiliary import auxiliary_features
 from tasks.features.context import halo_px, spatial_context
 from tasks.features.indices import INDEX_BANDS, check_features, feature_stack
 from tasks.features.phenology import with_phenology
@@ -67,13 +69,21 @@ def pack(values: np.ndarray, dtype: str) -> np.ndarray:
     return packed
 
 
-def unpack(stored: np.ndarray) -> np.ndarray:
-    """Stored features (int16 × 10000 with fill, or float32) → float32 values, NaN where missing."""
+def unpack(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored features (int16 × 10000 with fill, or float32) → float32 values, NaN where missing.
+
+    `out`: a float32 array (or view) of the same shape to fill, e.g. a block of a whole tile's array.
+    """
     if stored.dtype == np.float32:
-        return stored
+        if out is None:
+            return stored
+        out[...] = stored
+        return out
     if stored.dtype != np.int16:
         raise ValueError(f"features are stored as int16 or float32, got {stored.dtype}")
-    values = stored.astype(np.float32)
+    values = stored.astype(np.float32) if out is None else out
+    if out is not None:
+        values[...] = stored
     np.divide(values, np.float32(INT16_SCALE), out=values)  # in place: one float32 copy of a whole tile, not two
     for part in _slabs(stored.shape):  # the fill mask slab by slab, not a tile-sized bool
         values[part][stored[part] == INT16_FILL] = np.nan
@@ -131,6 +141,7 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
     coords = {"time": targets, "feature": np.array(cfg.stored_feature_names)}
     halo = halo_px(cfg.context_sizes) if cfg.context_features else 0
     terrain = terrain_features(read_dem(cfg.dem_path, tile.grid), tile.grid.resolution) if cfg.dem_path else None
+    auxiliary = auxiliary_features(cfg.auxiliary_rasters, tile.grid)  # None without auxiliary rasters
     tile_hash = features_params_hash(cfg, tile, year, download.record.params_hash)
     attrs = {"method": cfg.method, "frames_kept": int(len(kept)), "frames_total": int(len(coverage))}
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs, {"features": cfg.dtype}) as w:
@@ -149,6 +160,9 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
             out = with_phenology(out, targets, cfg)
             if terrain is not None:
                 static = np.broadcast_to(terrain[region], (out.shape[0], *terrain[region].shape))
+                out = np.concatenate([out, static], axis=-1)
+            if auxiliary is not None:
+                static = np.broadcast_to(auxiliary[region], (out.shape[0], *auxiliary[region].shape))
                 out = np.concatenate([out, static], axis=-1)
             w.write("features", pack(out, cfg.dtype), region)
             w.write("no_valid", no_valid[inner], region)

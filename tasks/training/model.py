@@ -4,7 +4,8 @@ Plain functions, no Prefect (a flow will wrap them); files are written only into
 by the caller. Scoring a model on a test set (metrics.json and the validation plots) is in
 tasks/training/metrics.py.
 
-- `train_model`: multiclass LightGBM with early stopping on a validation set and optional
+- `train_model`: multiclass LightGBM, either a fixed number of rounds on the training and
+  validation rows together or with early stopping on the validation rows, and optional
   balanced class weights. Legend codes (e.g. 1, 2, 5, 8) are mapped to 0..k-1 internally; the
   sorted codes are the order of the model's outputs and are kept on the booster
   (`booster.lcms_classes`) and in the saved metadata.
@@ -27,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -38,6 +39,9 @@ from lcms.legend import NO_DATA, LegendClass
 from lcms.lineage import code_version
 from tasks.features.tile import unpack
 
+if TYPE_CHECKING:
+    from lcms.config import TrainingConfig
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.txt"
@@ -45,11 +49,16 @@ METADATA_FILE = "model.json"
 METADATA_FORMAT = "lcms-lightgbm-classifier/1"
 CLASSES_ATTR = "lcms_classes"
 
+# The training stage's defaults (lcms.config.TrainingConfig, where they are documented and a user
+# changes them); train_model's own defaults for callers that give no params.
 DEFAULT_PARAMS: dict[str, Any] = {
-    "learning_rate": 0.1,
-    "num_leaves": 31,
+    "learning_rate": 0.3,
+    "num_leaves": 15,
     "min_data_in_leaf": 20,
-    "feature_fraction": 0.9,
+    "feature_fraction": 0.3,
+    "max_bin": 63,
+    "max_delta_step": 1.0,
+    "bin_construct_sample_cnt": 20_000,
     "metric": "multi_logloss",
     "deterministic": True,
     # Column-wise histograms: row-wise ones keep a second, row-major copy of the binned features.
@@ -260,6 +269,23 @@ def _classes_of(booster: lgb.Booster) -> list[int] | None:
 # --------------------------------------------------------------------------- training
 
 
+def _joined(X_train: Any, y_train: np.ndarray, X_val: Any, y_val: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Training and validation rows as one training set (labels in the same row order).
+
+    Stored rows of the same stored matrix stay `StoredRows` (their row indices joined, in increasing
+    order, as StoredRows reads them); anything else becomes one float32 array.
+    """
+    if isinstance(X_train, StoredRows) and isinstance(X_val, StoredRows) and X_train.features is X_val.features:
+        rows = np.concatenate([X_train.rows, X_val.rows])
+        order = np.argsort(rows, kind="stable")
+        if np.any(np.diff(rows[order]) == 0):
+            raise ValueError("a row is both a training and a validation row")
+        joined = StoredRows(X_train.features, rows[order], X_train.batch_size)
+        return joined, np.concatenate([y_train, y_val])[order]
+    parts = [X.read(0, len(X)) if isinstance(X, StoredRows) else X for X in (X_train, X_val)]
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts]), np.concatenate([y_train, y_val])
+
+
 def train_model(
     X_train: Any,
     y_train: Any,
@@ -269,11 +295,17 @@ def train_model(
     *,
     params: dict | None = None,
     class_weight: Literal[None, "balanced"] = None,
-    num_boost_round: int = 500,
-    early_stopping_rounds: int = 20,
+    num_boost_round: int = 50,
+    early_stopping_rounds: int | None = None,
     seed: int = 0,
 ) -> lgb.Booster:
-    """Train a multiclass LightGBM model with early stopping on (X_val, y_val).
+    """Train a multiclass LightGBM model: `num_boost_round` rounds, or fewer with early stopping.
+
+    `early_stopping_rounds` None: exactly `num_boost_round` rounds on the training and validation
+    rows together (no row is kept out of the model); a number: the validation rows only judge, and
+    training stops after that many rounds without a better validation multi_logloss (the model
+    keeps the trees up to the best round). `booster.best_iteration` is the number of rounds the
+    model keeps, in both cases.
 
     Labels are legend codes; the k codes present in `y_train` (sorted) become outputs 0..k-1,
     recorded as `booster.lcms_classes` (a plain Python attribute: LightGBM boosters hold no user
@@ -291,7 +323,7 @@ def train_model(
     y_val = as_labels(y_val, X_val.shape[0], "y_val")
     if class_weight not in (None, "balanced"):
         raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
-    if num_boost_round < 1 or early_stopping_rounds < 1:
+    if num_boost_round < 1 or (early_stopping_rounds is not None and early_stopping_rounds < 1):
         raise ValueError("num_boost_round and early_stopping_rounds must be at least 1")
 
     if not isinstance(X_train, StoredRows):  # stored rows are checked as LightGBM reads them, below
@@ -307,6 +339,8 @@ def train_model(
     if unseen.size:
         raise ValueError(f"validation labels {unseen.tolist()} do not occur in the training set")
 
+    if early_stopping_rounds is None:  # nothing to judge: the validation rows train too
+        X_train, y_train = _joined(X_train, y_train, X_val, y_val)
     idx_train = np.searchsorted(classes, y_train)
     idx_val = np.searchsorted(classes, y_val)
     full_params = {**DEFAULT_PARAMS, **(params or {})}
@@ -328,17 +362,21 @@ def train_model(
             X_val = X_val.read(0, len(X_val))
         train_set = lgb.Dataset(X_train, label=idx_train, weight=weights, feature_name=names, free_raw_data=True)
         bins = train_set
-    # Validation rows streamed from the store take their bins from the unweighted `bins`: with a weighted
-    # reference, LightGBM 4.7 gives a streamed dataset zero weights, its loss is NaN and early stopping ends at 1.
-    val_set = lgb.Dataset(X_val, label=idx_val, reference=bins, free_raw_data=True)
-    booster = lgb.train(
-        full_params,
-        train_set,
-        num_boost_round=num_boost_round,
-        valid_sets=[val_set],
-        valid_names=["val"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False)],
-    )
+    if early_stopping_rounds is None:
+        booster = lgb.train(full_params, train_set, num_boost_round=num_boost_round)
+        booster.best_iteration = booster.current_iteration()  # every round is kept
+    else:
+        # Validation rows streamed from the store take their bins from the unweighted `bins`: with a weighted
+        # reference, LightGBM 4.7 gives a streamed dataset zero weights, its loss is NaN and early stopping ends at 1.
+        val_set = lgb.Dataset(X_val, label=idx_val, reference=bins, free_raw_data=True)
+        booster = lgb.train(
+            full_params,
+            train_set,
+            num_boost_round=num_boost_round,
+            valid_sets=[val_set],
+            valid_names=["val"],
+            callbacks=[lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False)],
+        )
     setattr(booster, CLASSES_ATTR, [int(c) for c in classes])
     booster.lcms_class_weight = class_weight
     log.info(
@@ -350,6 +388,30 @@ def train_model(
         booster.current_iteration(),
     )
     return booster
+
+
+def train_with_config(
+    X_train: Any,
+    y_train: Any,
+    X_val: Any,
+    y_val: Any,
+    feature_names: Sequence[str],
+    cfg: TrainingConfig,
+    seed: int | None = None,
+) -> lgb.Booster:
+    """`train_model` with a TrainingConfig's settings, as the training stage runs it (`seed`: cfg.seed unless given)."""
+    return train_model(
+        X_train,
+        y_train,
+        X_val,
+        y_val,
+        feature_names,
+        params=cfg.lightgbm_params,
+        class_weight=None if cfg.class_weight == "none" else "balanced",
+        num_boost_round=cfg.num_boost_round,
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        seed=cfg.seed if seed is None else seed,
+    )
 
 
 # --------------------------------------------------------------------------- model files

@@ -33,15 +33,13 @@ from lcms.config import TrainingConfig, params_hash
 from lcms.layout import SPLIT_CODES
 from lcms.legend import LegendClass
 from lcms.store import DoneRecord, TileStore
-from tasks.training.holdout import held_out_pixels
-from tasks.training.metrics import evaluate, metrics_markdown
 from tasks.training.model import (
     METADATA_FILE,
     StoredRows,
     load_model,
     save_model,
     stratified_rows,
-    train_model,
+    train_with_config,
     training_row_cap,
 )
 
@@ -145,17 +143,8 @@ def fit_merged(merged, cfg: TrainingConfig, name: str = "") -> FittedModel:
 
     train_rows, val_rows = capped_rows(y, train, val, cfg, len(columns), train_classes.size)
     start = time.perf_counter()
-    booster = train_model(
-        StoredRows(features, train_rows),
-        y[train_rows],
-        StoredRows(features, val_rows),
-        y[val_rows],
-        columns,
-        params=cfg.lightgbm_params,
-        class_weight=None if cfg.class_weight == "none" else "balanced",
-        num_boost_round=cfg.num_boost_round,
-        early_stopping_rounds=cfg.early_stopping_rounds,
-        seed=cfg.seed,
+    booster = train_with_config(
+        StoredRows(features, train_rows), y[train_rows], StoredRows(features, val_rows), y[val_rows], columns, cfg
     )
     seconds = time.perf_counter() - start
     return FittedModel(booster, train_rows, val_rows, np.flatnonzero(test_seen), dropped, seconds)
@@ -187,6 +176,11 @@ def training_stage(store: TileStore, name: str, cfg: TrainingConfig) -> tuple[Do
         "dropped_unseen_classes": dropped,
         "training_config": cfg.model_dump(mode="json"),
     }
+    # Imported here: scoring needs matplotlib, rasterio and scikit-learn, which the prediction workers that
+    # import this module for `fetch_model` need not hold in memory.
+    from tasks.training.holdout import held_out_pixels
+    from tasks.training.metrics import evaluate, metrics_markdown
+
     with tempfile.TemporaryDirectory(prefix="lcms-model-") as tmp:
         folder = Path(tmp)
         save_model(booster, folder, legend, booster.lcms_classes, lineage)

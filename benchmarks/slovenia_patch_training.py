@@ -63,11 +63,9 @@ from lcms.config import (
 from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import TileStore
-from tasks.features.auxiliary import auxiliary_features
 from tasks.features.phenology import with_phenology
 from tasks.features.temporal import date_grid, interpolate
-from tasks.features.terrain import read_dem, terrain_features
-from tasks.features.tile import pack, unpack, with_context
+from tasks.features.tile import pack, static_features, unpack, with_context, with_static
 from tasks.merge.dataset import merge_samples
 from tasks.reference.polygons import erode_labels, rasterize_reference
 from tasks.reference.tile import reference_polygons, reference_tile, reference_version
@@ -166,13 +164,7 @@ def patch_values(year: int, features: FeaturesConfig):
     values, no_valid, targets, n_kept, valid_count = patch_features(year, features.min_valid_coverage)
     values = with_context(values, features)  # on the whole patch: each half sees its neighbour, like a buffer
     values = with_phenology(values, targets, features)
-    if features.dem_path:  # as the features stage adds it: read onto the grid, the same at every date
-        grid = patch_grid()
-        terrain = terrain_features(read_dem(features.dem_path, grid), grid.resolution)
-        values = np.concatenate([values, np.broadcast_to(terrain, (len(values), *terrain.shape))], axis=-1)
-    auxiliary = auxiliary_features(features.auxiliary_rasters, patch_grid())  # as the stage: after terrain
-    if auxiliary is not None:
-        values = np.concatenate([values, np.broadcast_to(auxiliary, (len(values), *auxiliary.shape))], axis=-1)
+    values = with_static(values, static_features(features, patch_grid()))  # DEM, auxiliary rasters: as the stage
     return values, no_valid, targets, n_kept, valid_count
 
 

@@ -131,7 +131,7 @@ STAGES = [
         "training",
         "lcms_training",
         "eolearn_training",
-        "read samples + train_model (TrainingConfig defaults) + save_model",
+        "read samples + train_with_config (TrainingConfig defaults) + save_model",
         "LGBMClassifier (defaults) fit + joblib.dump",
         "k samples/s",
     ),

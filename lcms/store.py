@@ -666,12 +666,12 @@ def _is_spatial(spec: ArraySpec) -> bool:
 
 
 def _chunk_groups(dims: tuple[str, ...], chunks: tuple[int, ...], shape: tuple[int, ...]):
-    """Slices of a region's data that split one write into calls of about zarr's concurrency in chunks each,
-    cut along the non-spatial dims that are chunked (e.g. one band or feature per chunk).
+    """Slices of a region's data that split one write (or whole read) into calls of about zarr's concurrency
+    in chunks each, cut along the non-spatial dims that are chunked (e.g. one band or feature per chunk).
 
     zarr encodes every chunk of one call before it has written them all, so one call over a tile's 13
     bands holds a copy of all 13 (a third of a GB at 500² × 48 dates); calls of ~concurrency chunks
-    keep as many writes in flight and bound that copy.
+    keep as many writes (or reads) in flight and bound that copy.
     """
     per_slab = math.prod(-(-n // c) for d, c, n in zip(dims, chunks, shape, strict=True) if d in SPATIAL_DIMS)
     split = [i for i, (d, c, n) in enumerate(zip(dims, chunks, shape, strict=True)) if d not in SPATIAL_DIMS and c < n]

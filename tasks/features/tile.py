@@ -26,6 +26,7 @@ import logging
 import numpy as np
 
 from lcms.config import FeaturesConfig, params_hash
+from lcms.geometry import PixelGrid
 from lcms.grid import Tile
 from lcms.store import DoneRecord, TileStore
 from tasks.features.auxiliary import auxiliary_features
@@ -81,13 +82,31 @@ def unpack(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return out
     if stored.dtype != np.int16:
         raise ValueError(f"features are stored as int16 or float32, got {stored.dtype}")
-    values = stored.astype(np.float32) if out is None else out
-    if out is not None:
-        values[...] = stored
+    values = np.empty(stored.shape, np.float32) if out is None else out
+    values[...] = stored
     np.divide(values, np.float32(INT16_SCALE), out=values)  # in place: one float32 copy of a whole tile, not two
     for part in _slabs(stored.shape):  # the fill mask slab by slab, not a tile-sized bool
         values[part][stored[part] == INT16_FILL] = np.nan
     return values
+
+
+def static_features(cfg: FeaturesConfig, grid: PixelGrid) -> np.ndarray | None:
+    """(y, x, f) float32 features that are the same at every date, on `grid`: terrain (`dem_path`), then the
+    auxiliary rasters' bands; None without either."""
+    layers = []
+    if cfg.dem_path:
+        layers.append(terrain_features(read_dem(cfg.dem_path, grid), grid.resolution))
+    auxiliary = auxiliary_features(cfg.auxiliary_rasters, grid)
+    if auxiliary is not None:
+        layers.append(auxiliary)
+    return np.concatenate(layers, axis=-1) if layers else None
+
+
+def with_static(values: np.ndarray, static: np.ndarray | None) -> np.ndarray:
+    """(t, y, x, f) values with the (y, x, g) static features appended at every date."""
+    if static is None:
+        return values
+    return np.concatenate([values, np.broadcast_to(static, (values.shape[0], *static.shape))], axis=-1)
 
 
 def _slabs(shape: tuple[int, ...], items: int = 2**20) -> list:
@@ -140,8 +159,7 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
     targets = date_grid(year, cfg.date_grid)
     coords = {"time": targets, "feature": np.array(cfg.stored_feature_names)}
     halo = halo_px(cfg.context_sizes) if cfg.context_features else 0
-    terrain = terrain_features(read_dem(cfg.dem_path, tile.grid), tile.grid.resolution) if cfg.dem_path else None
-    auxiliary = auxiliary_features(cfg.auxiliary_rasters, tile.grid)  # None without auxiliary rasters
+    static = static_features(cfg, tile.grid)  # terrain and auxiliary rasters: read once per tile
     tile_hash = features_params_hash(cfg, tile, year, download.record.params_hash)
     attrs = {"method": cfg.method, "frames_kept": int(len(kept)), "frames_total": int(len(coverage))}
     with store.writer(STAGE, year, tile.tile_id, tile.grid, tile_hash, coords, attrs, {"features": cfg.dtype}) as w:
@@ -158,12 +176,7 @@ def features_tile(store: TileStore, tile: Tile, year: int, cfg: FeaturesConfig) 
                 out, no_valid = composite(values, times, valid, targets, method, ndvi)
             out = with_context(out, cfg)[:, inner[0], inner[1]]
             out = with_phenology(out, targets, cfg)
-            if terrain is not None:
-                static = np.broadcast_to(terrain[region], (out.shape[0], *terrain[region].shape))
-                out = np.concatenate([out, static], axis=-1)
-            if auxiliary is not None:
-                static = np.broadcast_to(auxiliary[region], (out.shape[0], *auxiliary[region].shape))
-                out = np.concatenate([out, static], axis=-1)
+            out = with_static(out, None if static is None else static[region])
             w.write("features", pack(out, cfg.dtype), region)
             w.write("no_valid", no_valid[inner], region)
             w.write("valid_count", valid[:, inner[0], inner[1]].sum(axis=0, dtype=np.uint16), region)

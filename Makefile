@@ -32,11 +32,11 @@ test: $(VENV)/.installed system-deps
 
 # Debian packages some tests start: Chromium renders the report and, driven by Playwright (the test extra, which
 # never downloads a browser of its own), the Prefect UI's run form; PostgreSQL + PostGIS store change polygons;
-# gdalinfo checks the exported COGs.
+# gdalinfo checks the exported COGs; gcc compiles the s2cloudless model (`lcms compile-models`).
 # Needs root (or sudo); skipped when the commands are already there.
-SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3 gdal-bin
+SYSTEM_PACKAGES := chromium postgresql-15 postgresql-15-postgis-3 gdal-bin gcc
 system-deps:
-	@if command -v chromium >/dev/null && command -v gdalinfo >/dev/null && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then \
+	@if command -v chromium >/dev/null && command -v gdalinfo >/dev/null && command -v gcc >/dev/null && ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1; then \
 		echo "system packages present"; \
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

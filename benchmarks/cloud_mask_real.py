@@ -224,11 +224,11 @@ def main() -> None:
     args = parser.parse_args()
 
     sets = load_sets()
-    cloud_mask._booster()  # load the model outside the timing
+    model = cloud_mask.cloud_model()  # load the model outside the timing: compiled if this machine has it
     default = CloudMaskConfig()
     methods = [*METHODS, (f"default ({default.analysis_resolution_m:g} m, refined at "
                           f"{default.refine_resolution_m or 'none'} m)", {})]  # fmt: skip
-    report = {"grid": GRID.to_attrs(), "threads": os.environ["OMP_NUM_THREADS"], "sets": {}}
+    report = {"grid": GRID.to_attrs(), "threads": os.environ["OMP_NUM_THREADS"], "model": model.name, "sets": {}}
     masks, shadows, full = {}, {}, {}
     for name in ("real", "composite", "year"):
         s = sets[name]

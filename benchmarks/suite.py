@@ -425,7 +425,7 @@ def stage_rows(info: dict, results: dict, agree: dict) -> list[dict]:
             r = dict(results[worker])
             units = r.get("samples", 0) / 1e3 if key == "training" else work[key]
             r["throughput"] = units / r["seconds"] if r["seconds"] > 0 else None
-            r["what"] = what
+            r["what"] = what + (f", s2cloudless model: {r['model']}" if "model" in r else "")
             row[side] = r
         if "lcms" in row and "eolearn" in row:
             row["eolearn_over_lcms_seconds"] = row["eolearn"]["seconds"] / row["lcms"]["seconds"]
@@ -723,6 +723,19 @@ def print_report(report: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def prepare_cloud_model(lightgbm_only: bool) -> dict:
+    """The s2cloudless model LCMS's workers will use: compiled once per machine as in production
+    (`lcms compile-models`, the Docker image), outside every timing; or LightGBM's when asked."""
+    from tasks.download import cloud_model
+
+    if not lightgbm_only:
+        print("compiling the s2cloudless model for this machine if needed (once, not timed) ...", flush=True)
+        _, seconds = cloud_model.compile_cloud_model()
+        return {"predictor": "treelite", "compile_seconds": seconds}
+    compiled = cloud_model.compiled_file().exists()
+    return {"predictor": "treelite" if compiled else "lightgbm", "compile_seconds": 0.0}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=500, help="tile side in pixels (10 m)")
@@ -739,6 +752,12 @@ def main() -> None:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-real-patch", action="store_true", help="no training accuracy on the real patch")
     parser.add_argument("--batch", action="store_true", help="all stages of a side in one process (smoke test)")
+    parser.add_argument(
+        "--lightgbm-cloud-model",
+        action="store_true",
+        help="do not compile the s2cloudless model first (`lcms compile-models`); LCMS predicts it with LightGBM "
+        "unless it is compiled already",
+    )
     parser.add_argument("--eolearn-venv", type=Path, default=HERE / ".venv-eolearn")
     parser.add_argument("--keep", type=Path, help="new folder for the data, kept afterwards")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "suite.json", help="JSON results")
@@ -753,6 +772,7 @@ def main() -> None:
     else:
         folder = Path(tempfile.mkdtemp(prefix="lcms-suite-"))
     try:
+        cloud_model = prepare_cloud_model(args.lightgbm_cloud_model)
         t0 = time.perf_counter()
         info = prepare(folder, args)
         print(
@@ -785,6 +805,7 @@ def main() -> None:
                 "features": list(FEATURE_NAMES),
                 "features_config": FEATURES_CONFIG,
                 "batch": args.batch,
+                "cloud_model": cloud_model,
             },
             "tile": {k: v for k, v in info.items() if k not in ("dates", "targets", "grid")},
             "stages": rows,

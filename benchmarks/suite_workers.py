@@ -144,8 +144,8 @@ def lcms_filter(folder: Path, threads: int) -> dict:
         coverage = valid_coverage(valid)
         kept = np.flatnonzero(coverage >= cfg.min_valid_coverage)
         kept_bands = np.empty((len(kept), *bands.shape[1:3], len(needed)), bands.dtype)
-        for i, frame in enumerate(kept):  # frame by frame: no copy of the kept frames' 13 bands
-            kept_bands[i] = bands[frame][..., needed]
+        for i, frame in enumerate(kept):  # frame by frame, straight into place: no copy of the 13 bands
+            np.take(bands[frame], needed, axis=-1, out=kept_bands[i])
         kept_valid = valid[kept]
     figures = t.figures(kept=len(kept))
     np.save(folder / "out" / "lcms_kept.npy", kept)
@@ -677,7 +677,7 @@ def _warm_worker() -> bool:
     from tasks.download import cloud_mask, tile  # noqa: F401
     from tasks.features import tile as features_tile  # noqa: F401
 
-    cloud_mask._booster()
+    cloud_mask.cloud_model()  # the compiled model if this machine has it (benchmarks/suite.py), else LightGBM
     return True
 
 

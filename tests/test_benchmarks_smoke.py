@@ -37,7 +37,8 @@ def test_suite_at_tiny_size(tmp_path):
     both = EOLEARN_PYTHON.exists()
     out = tmp_path / "suite.json"
     cmd = [sys.executable, "-m", "benchmarks.suite", "--size", "64", "--dates", "16", "--batch"]
-    cmd += ["--skip-scaling", "--skip-big", "--no-cloud-160m", "--out", str(out)]
+    # LightGBM predicts s2cloudless here: compiling it (tests/test_cloud_model.py) would take a minute.
+    cmd += ["--skip-scaling", "--skip-big", "--no-cloud-160m", "--lightgbm-cloud-model", "--out", str(out)]
     if not both:
         cmd.append("--lcms-only")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -57,6 +58,8 @@ def test_suite_at_tiny_size(tmp_path):
             assert figures["peak_rss_mib"] > 50 and figures["throughput"] > 0, (row["stage"], side)
         assert ("eolearn" in row) == both
     assert rows["training"]["lcms"]["samples"] > 0 and rows["sampling"]["lcms"]["samples"] > 0
+    cloud = report["config"]["cloud_model"]
+    assert rows["cloud_mask"]["lcms"]["model"] == cloud["predictor"] and cloud["compile_seconds"] == 0
 
     # LCMS's store gives back what was written; its model maps the held-out checkerboard well.
     assert rows["store_read"]["agreement"]["lcms_round_trip_equal"] is True

@@ -21,19 +21,26 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = [1, 3, 5, 8]
 
 
+def small_multiclass_model(
+    n_classes: int, n_features: int, rounds: int, seed: int, nan_share: float, **params
+) -> tuple[lgb.Booster, np.ndarray]:
+    """A small multiclass LightGBM model trained on rows with NaNs, and 5000 test rows with NaNs too."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(3000, n_features)).astype(np.float32)
+    y = (np.argmax(X[:, :n_classes], axis=1) + (X[:, n_classes] > 1.0)) % n_classes
+    X[rng.random(X.shape) < nan_share] = np.nan
+    params = {"objective": "multiclass", "num_class": n_classes, "num_threads": 1, "verbose": -1, "seed": 0, **params}
+    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=rounds)
+    X_test = rng.normal(size=(5000, n_features)).astype(np.float32)
+    X_test[rng.random(X_test.shape) < nan_share] = np.nan
+    return booster, X_test
+
+
 @pytest.fixture(scope="module")
 def model():
-    """A small multiclass LightGBM model (4 classes × 12 rounds) trained on rows with NaNs, and test rows."""
-    rng = np.random.default_rng(7)
-    X = rng.normal(size=(3000, 20)).astype(np.float32)
-    y = (np.argmax(X[:, :4], axis=1) + (X[:, 4] > 1.0)) % 4
-    X[rng.random(X.shape) < 0.15] = np.nan
-    params = {"objective": "multiclass", "num_class": 4, "num_threads": 1, "verbose": -1, "seed": 0}
-    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=12)
-    metadata = {"classes": CLASSES, "num_iteration": 12}
-    X_test = rng.normal(size=(5000, 20)).astype(np.float32)
-    X_test[rng.random(X_test.shape) < 0.15] = np.nan
-    return booster, metadata, X_test
+    """4 classes × 12 rounds on 20 features, 15 % NaN, and test rows."""
+    booster, X_test = small_multiclass_model(4, 20, 12, seed=7, nan_share=0.15)
+    return booster, {"classes": CLASSES, "num_iteration": 12}, X_test
 
 
 @pytest.fixture(scope="module")

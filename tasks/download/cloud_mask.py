@@ -5,8 +5,8 @@ mask is the probability averaged over a disk (`average_over`), thresholded (`thr
 and dilated with a disk (`dilation_size`), as eo-learn's CloudMaskTask does at 10 m. With
 analysis_resolution_m equal to the data resolution this module does exactly that.
 
-The model costs ~13 µs per pixel and date on one core, which would dominate the stage at
-10 m. By default it runs in two passes:
+The model costs ~12 µs per pixel and date on one core in LightGBM (~3 µs compiled,
+tasks/download/cloud_model.py), which would dominate the stage at 10 m. By default it runs in two passes:
 
 1. **Coarse** (`analysis_resolution_m`, 160 m): the bands are averaged over whole cells of
    in-swath pixels (a cell without any is no data) and the model runs once on the cells of
@@ -51,6 +51,7 @@ import numpy as np
 
 from lcms.config import CloudMaskConfig
 from lcms.sentinel2 import REFLECTANCE_SCALE
+from tasks.download.cloud_model import cloud_model
 
 F32 = np.float32
 
@@ -65,14 +66,6 @@ _PREDICT_CHUNK = 1 << 18
 # are convex combinations); the margin covers float32 rounding so that blocks and whole tiles
 # take the same decision in effect.
 _SKIP_MARGIN = 1e-4
-
-
-@functools.cache
-def _booster():
-    """The s2cloudless LightGBM booster, loaded once per process (the model ships with the package)."""
-    from s2cloudless import S2PixelCloudDetector
-
-    return S2PixelCloudDetector(all_bands=False).classifier.classifier
 
 
 @functools.cache
@@ -117,11 +110,12 @@ def _band_indices(band_names: Sequence[str]) -> list[int]:
 
 
 def _predict(x: np.ndarray) -> np.ndarray:
-    """Cloud probability (float32) of an (n, 10) float32 reflectance array, in chunks."""
+    """Cloud probability (float32) of an (n, 10) float32 reflectance array, in chunks (compiled
+    or LightGBM's, the same probabilities: tasks/download/cloud_model.py)."""
     out = np.empty(len(x), F32)
-    booster = _booster()
+    model = cloud_model()
     for i in range(0, len(x), _PREDICT_CHUNK):
-        out[i : i + _PREDICT_CHUNK] = booster.predict(x[i : i + _PREDICT_CHUNK])
+        out[i : i + _PREDICT_CHUNK] = model.predict(x[i : i + _PREDICT_CHUNK])
     return out
 
 

@@ -8,14 +8,17 @@ model.txt:
   reads float64 rows and compares them with LightGBM's float64 thresholds, so its decisions are
   LightGBM's; returns softmax probabilities like `Booster.predict`. The default (`auto`).
 * **treelite** + tl2cgen (C code built by the system's gcc): measured beside it in
-  benchmarks/prediction.py; it needs gcc in the image and compiles a 600-tree model far more slowly.
+  benchmarks/prediction.py; it needs gcc and compiles a 600-tree model far more slowly. It is the
+  compiler of the s2cloudless cloud model (tasks/download/cloud_model.py), whose 170 trees of 770
+  leaves lleaves did not compile in 15 minutes.
 
-Compiled objects are cached per model in a local folder (`$LCMS_HOME/cache/compiled-models`, or
-the process temp dir), keyed by the model text, the compiler's version and the host CPU (the code
-targets its instruction set). A file lock makes Dask worker processes on one machine compile a
-model once; the object is written under a temporary name and renamed, so a half-written one is
-never loaded. When compilation is off or fails, `load_predictor` returns LightGBM's own predictor
-and logs one warning line naming why.
+Compiled objects are cached per model in a local folder (`$LCMS_MODEL_CACHE`, else
+`$LCMS_HOME/cache/compiled-models`), keyed by the model text, the
+compiler's version and the host CPU (lleaves targets its instruction set; gcc's code is generic
+for the machine's architecture, so an image can carry it). A file lock makes Dask worker
+processes on one machine compile a model once; the object is written under a temporary name and
+renamed, so a half-written one is never loaded. When compilation is off or fails,
+`load_predictor` returns LightGBM's own predictor and logs one warning line naming why.
 """
 
 from __future__ import annotations
@@ -27,19 +30,24 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import lightgbm as lgb
 import numpy as np
+
+if TYPE_CHECKING:
+    import lightgbm as lgb  # imported where it is used: the compiled s2cloudless model needs no LightGBM
 
 log = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "lleaves", "treelite", "off"]
 AUTO_COMPILER = "lleaves"  # see the module docstring and benchmarks/prediction.py
-CACHE_ENV = "LCMS_HOME"
+MODEL_CACHE_ENV = "LCMS_MODEL_CACHE"  # the Docker image's compiled models (docker/Dockerfile)
+C_COMPILER_ENV = "LCMS_CC"  # treelite's C compiler: gcc, or a variant such as gcc-12
+# gcc at -O1: the s2cloudless model compiled in 52 s on 2 cores (76 s at tl2cgen's default level) and
+# predicted as fast (0.72 s against 0.77 s for 245 566 rows on one core).
+TREELITE_GCC_OPTIONS = ["-O1"]
 
 
 class CompileError(RuntimeError):
@@ -47,10 +55,14 @@ class CompileError(RuntimeError):
 
 
 def cache_folder() -> Path:
-    """Where compiled models are kept: $LCMS_HOME/cache/compiled-models, else the process temp dir."""
-    home = os.environ.get(CACHE_ENV)
-    root = Path(home).resolve() / "cache" if home else Path(tempfile.gettempdir()) / "lcms-cache"
-    return root / "compiled-models"
+    """Where compiled models are kept: $LCMS_MODEL_CACHE, else $LCMS_HOME/cache/compiled-models
+    ($LCMS_HOME defaults to ./lcms-runs, as for the command line: not the temp dir, which each `lcms`
+    command makes its own and removes)."""
+    if os.environ.get(MODEL_CACHE_ENV):
+        return Path(os.environ[MODEL_CACHE_ENV]).resolve()
+    from lcms.runtime import home
+
+    return home() / "cache" / "compiled-models"
 
 
 def model_text(booster: lgb.Booster, metadata: dict) -> str:
@@ -120,7 +132,11 @@ def _compiler_version(compiler: str) -> str:
         raise CompileError(f"{error.name} is not installed") from None
 
 
-def _host_cpu() -> str:
+def _host_cpu(compiler: str) -> str:
+    import platform
+
+    if compiler == "treelite":
+        return platform.machine()  # gcc without -march: generic code for the architecture
     try:
         import llvmlite.binding as llvm
 
@@ -129,15 +145,13 @@ def _host_cpu() -> str:
             return f"{llvm.get_host_cpu_name()}:{llvm.get_host_cpu_features().flatten()}"
         return llvm.get_host_cpu_name()
     except ImportError:
-        import platform
-
         return platform.machine()
 
 
 def cache_key(text: str, compiler: str) -> str:
     """The cached object's name: model text, compiler versions and host CPU (the code targets it)."""
     digest = hashlib.sha256()
-    for part in (text, compiler, _compiler_version(compiler), _host_cpu()):
+    for part in (text, compiler, _compiler_version(compiler), _host_cpu(compiler)):
         digest.update(part.encode())
         digest.update(b"\0")
     return f"{compiler}-{digest.hexdigest()[:24]}"
@@ -183,14 +197,99 @@ def _compile_lleaves(model_file: Path, object_file: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def treelite_model(model_file: Path):
+    """A LightGBM model.txt as a treelite model: treelite's own parser, else built node by node from
+    LightGBM's dump (treelite 4.1's parser rejects the s2cloudless model: "Node key cannot be negative")."""
+    import treelite
+
+    try:
+        return treelite.frontend.load_lightgbm_model(str(model_file))
+    except treelite.TreeliteError:
+        import lightgbm
+
+        return _treelite_from_dump(lightgbm.Booster(model_file=str(model_file)).dump_model())
+
+
+def _treelite_from_dump(dump: dict):
+    """Numerical splits only (`<=`, NaN to the default side or, for missing type None, LightGBM's
+    0.0), thresholds and leaves as float64 as LightGBM compares and sums them."""
+    from treelite.model_builder import Metadata, ModelBuilder, PostProcessorFunc, TreeAnnotation
+
+    n_class = dump["num_class"]
+    objective = dump["objective"].split()[0]
+    if objective == "binary" and n_class == 1:
+        task, postprocessor = "kBinaryClf", PostProcessorFunc("sigmoid", sigmoid_alpha=_sigmoid_alpha(dump))
+    elif objective == "multiclass":
+        task, postprocessor = "kMultiClf", PostProcessorFunc("softmax")
+    else:
+        raise CompileError(f"cannot build a treelite model for LightGBM objective {dump['objective']!r}")
+    trees = dump["tree_info"]
+    builder = ModelBuilder(
+        threshold_type="float64",
+        leaf_output_type="float64",
+        metadata=Metadata(
+            num_feature=dump["max_feature_idx"] + 1,
+            task_type=task,
+            average_tree_output=False,
+            num_target=1,
+            num_class=[max(n_class, 1)] if task == "kMultiClf" else [1],
+            leaf_vector_shape=(1, 1),
+        ),
+        tree_annotation=TreeAnnotation(
+            num_tree=len(trees), target_id=[0] * len(trees), class_id=[i % n_class for i in range(len(trees))]
+        ),
+        postprocessor=postprocessor,
+        base_scores=[0.0] * max(n_class, 1),
+    )
+    for tree in trees:
+        _add_tree(builder, tree["tree_structure"])
+    return builder.commit()
+
+
+def _sigmoid_alpha(dump: dict) -> float:
+    for part in dump["objective"].split()[1:]:
+        if part.startswith("sigmoid:"):
+            return float(part.split(":", 1)[1])
+    return 1.0
+
+
+def _add_tree(builder, root: dict) -> None:
+    """One tree, node by node (a stack, not recursion: a 770-leaf tree may be hundreds of levels deep)."""
+    builder.start_tree()
+    stack, next_key = [(root, 0)], 1
+    while stack:
+        node, key = stack.pop()
+        builder.start_node(key)
+        if "split_index" not in node:
+            builder.leaf(float(node["leaf_value"]))
+            builder.end_node()
+            continue
+        if node["decision_type"] != "<=" or node["missing_type"] == "Zero":
+            raise CompileError(f"cannot build a treelite split {node['decision_type']!r} ({node['missing_type']})")
+        left, right = next_key, next_key + 1
+        next_key += 2
+        # Missing type None: LightGBM reads NaN as 0.0, so NaN goes where 0.0 would.
+        default_left = node["default_left"] if node["missing_type"] == "NaN" else 0.0 <= node["threshold"]
+        builder.numerical_test(node["split_feature"], float(node["threshold"]), default_left, "<=", left, right)
+        builder.end_node()
+        stack += [(node["right_child"], right), (node["left_child"], left)]
+    builder.end_tree()
+
+
 def _compile_treelite(model_file: Path, object_file: Path, num_threads: int) -> None:
     import tl2cgen
-    import treelite
 
     tmp = object_file.with_name(f".{object_file.name}.{os.getpid()}.tmp.so")
     try:
-        model = treelite.frontend.load_lightgbm_model(str(model_file))
-        tl2cgen.export_lib(model, toolchain="gcc", libpath=str(tmp), params={"parallel_comp": max(num_threads, 1)})
+        model = treelite_model(model_file)
+        tl2cgen.export_lib(
+            model,
+            toolchain=os.environ.get(C_COMPILER_ENV) or "gcc",
+            libpath=str(tmp),
+            params={"parallel_comp": max(num_threads, 1)},
+            nthread=max(num_threads, 1),
+            options=TREELITE_GCC_OPTIONS,
+        )
         os.replace(tmp, object_file)
     finally:
         tmp.unlink(missing_ok=True)
@@ -208,12 +307,12 @@ def compiled_files(text: str, compiler: str, folder: Path | None = None, num_thr
     import time
 
     folder = Path(folder) if folder is not None else cache_folder()
-    folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(text, compiler)
     model_file = folder / f"{key}.txt"
     object_file = folder / f"{key}.so"
     if object_file.exists() and model_file.exists():
         return model_file, object_file
+    folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / f"{key}.lock"):
         if not model_file.exists():
             _write_atomic(model_file, text.encode())

@@ -21,7 +21,7 @@ Each side runs in its own subprocess (peak RSS is that process's own VmHWM), wit
 number of threads (`--threads`, default 1: tiles run in parallel, one per core, so the per-core
 figure is what counts; also OMP_NUM_THREADS; the classifier's n_jobs). LCMS runs once per
 predictor (`--compile`, `prediction.compile`: off = LightGBM itself, lleaves, treelite; treelite
-needs `treelite==4.1.2 tl2cgen==1.0.0` and gcc, which LCMS does not install). Per predictor:
+needs gcc). Per predictor:
 
 * compile: `tasks.prediction.compiled.load_predictor` into an empty cache, timed once (the
   compiler runs in a child process; its peak RSS is reported apart);
@@ -411,7 +411,7 @@ def main() -> None:
         "--compile",
         nargs="+",
         default=["off", "lleaves", "treelite"],
-        help="LCMS predictors to measure (off = LightGBM itself; treelite needs treelite and tl2cgen installed)",
+        help="LCMS predictors to measure (off = LightGBM itself; treelite needs gcc)",
     )
     args = parser.parse_args()
 

@@ -4,7 +4,7 @@ The model step is most of the cloud mask's time (tasks/download/cloud_mask.py): 
 trees of 770 leaves cost LightGBM ~12 µs per row on one core. treelite + tl2cgen turn the trees
 into C, built by gcc (tasks/prediction/compiled.py). The compiled model gives LightGBM's
 probabilities bit for bit (float64 thresholds, inputs and sums; a test checks real rows and rows
-on the thresholds) about 4× faster: 0.72 s against 2.95 s for the suite tile's 245 566 rows.
+on the thresholds) about 4× faster: 0.70 s against 2.91 s for the suite tile's 245 566 rows.
 
 Compiling takes about a minute on two cores, once per machine and model version:
 `lcms compile-models` does it, and the Docker image does it when it is built. A process uses the
